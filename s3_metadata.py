@@ -1,0 +1,105 @@
+"""Exhibition metadata from the museum's S3 bucket.
+
+Only keys named `lmnh_exhibition_<name>.json` are exhibition files; everything else in the
+bucket (the bare `lmnh_exhibition`, `.txt` copies, another museum's `lms_*` files, images,
+CSV exports) is ignored. The client comes from boto3's standard credential and endpoint chain
+(AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ENDPOINT_URL, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+log = logging.getLogger("s3_metadata")
+
+EXHIBITION_KEY = re.compile(r"lmnh_exhibition_[^/]+\.json")
+EXHIBITION_ID = re.compile(r"EXH_([0-9]{2,6})")
+FIELDS = ("EXHIBITION_NAME", "EXHIBITION_ID", "FLOOR", "DEPARTMENT", "START_DATE", "DESCRIPTION")
+
+
+class MetadataError(Exception):
+    """The bucket does not yield a usable set of exhibitions."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exhibition:
+    """One exhibition; kiosk site "N" belongs to the exhibition whose `number` is N."""
+
+    number: int
+    public_id: str
+    name: str
+    floor: str
+    department: str
+    start_date: date
+    description: str
+
+
+def is_exhibition_key(key: str) -> bool:
+    return EXHIBITION_KEY.fullmatch(key) is not None
+
+
+def parse_exhibition(body: bytes) -> Exhibition:
+    """One metadata file's content; raises ValueError saying what is wrong with it."""
+    try:
+        doc: Any = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"not UTF-8 JSON ({error})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    for field in FIELDS:
+        if not isinstance(doc.get(field), str) or not doc[field].strip():
+            raise ValueError(f"{field} is missing or not a non-empty string")
+    id_match = EXHIBITION_ID.fullmatch(doc["EXHIBITION_ID"])
+    if id_match is None:
+        raise ValueError(f"EXHIBITION_ID {doc['EXHIBITION_ID']!r} is not like EXH_00")
+    try:
+        start_date = datetime.strptime(doc["START_DATE"], "%d/%m/%y").date()
+    except ValueError:
+        raise ValueError(f"START_DATE {doc['START_DATE']!r} is not DD/MM/YY") from None
+    return Exhibition(
+        number=int(id_match.group(1)),
+        public_id=doc["EXHIBITION_ID"],
+        name=doc["EXHIBITION_NAME"].strip(),
+        floor=doc["FLOOR"].strip(),
+        department=doc["DEPARTMENT"].strip(),
+        start_date=start_date,
+        description=doc["DESCRIPTION"].strip(),
+    )
+
+
+def exhibitions_from_files(files: dict[str, bytes]) -> dict[int, Exhibition]:
+    """Parse exhibition files by key: skip malformed ones with a warning, refuse clashes."""
+    exhibitions: dict[int, Exhibition] = {}
+    claimed_by: dict[int, str] = {}
+    for key, body in sorted(files.items()):
+        try:
+            exhibition = parse_exhibition(body)
+        except ValueError as error:
+            log.warning("skipping s3 object %s: %s", key, error)
+            continue
+        if exhibition.number in exhibitions:
+            raise MetadataError(
+                f"{key} and {claimed_by[exhibition.number]} both claim {exhibition.public_id}"
+            )
+        exhibitions[exhibition.number] = exhibition
+        claimed_by[exhibition.number] = key
+    if not exhibitions:
+        raise MetadataError("no valid lmnh_exhibition_*.json file in the bucket")
+    return exhibitions
+
+
+def load_exhibitions(s3_client: Any, bucket: str) -> dict[int, Exhibition]:
+    """List every page of the bucket, read the exhibition files, return them by number."""
+    keys = [
+        item["Key"]
+        for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for item in page.get("Contents", ())
+        if is_exhibition_key(item["Key"])
+    ]
+    files = {key: s3_client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+    return exhibitions_from_files(files)

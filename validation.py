@@ -1,0 +1,201 @@
+"""The museum's rules for a kiosk message: pure, total, and the single source of truth.
+
+`validate` turns the raw bytes of one Kafka message value into a verdict: an accepted
+`Rating` or `Request`, or a `Rejection` with a stable reason code. It reads no clock
+(the caller hands it `now`), touches no file or network, and never raises.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta, tzinfo
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+RATING_LABELS = ("Terrible", "Bad", "Neutral", "Good", "Amazing")
+REQUEST_LABELS = ("Assistance", "Emergency")
+REQUEST_VAL = -1
+ALLOWED_KEYS = frozenset({"at", "site", "val", "type"})
+REQUIRED_KEYS = ("at", "site", "val")
+MUSEUM_TZ = ZoneInfo("Europe/London")
+# A site number longer than this cannot be an exhibition; the bound also keeps int() cheap.
+MAX_SITE_DIGITS = 6
+
+
+class Reason(StrEnum):
+    """Why a message was rejected: stable codes for the reject log and the dashboards."""
+
+    INVALID_JSON = "invalid_json"
+    MISSING_KEY = "missing_key"
+    UNEXPECTED_KEY = "unexpected_key"
+    INVALID_AT = "invalid_at"
+    OUTSIDE_HOURS = "outside_hours"
+    FUTURE_AT = "future_at"
+    UNKNOWN_SITE = "unknown_site"
+    INVALID_VAL = "invalid_val"
+    INVALID_TYPE = "invalid_type"
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a message is judged against: the known exhibitions and the museum's hours."""
+
+    sites: frozenset[int]
+    museum_tz: tzinfo = MUSEUM_TZ
+    opens: time = time(8, 45)
+    closes: time = time(18, 15)
+    max_future: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """A valid rating press: `site` N is exhibition EXH_0N, `value` 0 (Terrible)..4 (Amazing)."""
+
+    site: int
+    value: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A valid request press: `value` 0 is assistance, 1 is emergency."""
+
+    site: int
+    value: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: Reason
+    detail: str
+
+
+Verdict = Rating | Request | Rejection
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey("duplicate key")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _brief(value: Any) -> str:
+    """A short, safe description of a JSON value for a rejection's detail."""
+    if isinstance(value, (str, int, float)) or value is None:
+        return repr(value)[:24]
+    return type(value).__name__
+
+
+def _is_json_int(value: Any) -> bool:
+    return type(value) is int  # bool is a subclass of int and is excluded on purpose
+
+
+def parse_json_object(raw: bytes | None) -> dict[str, Any] | Rejection:
+    """Strict UTF-8 JSON object: no NaN/Infinity, no duplicate keys, no other encodings."""
+    if raw is None:
+        return Rejection(Reason.INVALID_JSON, "empty message value")
+    try:
+        obj = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constants,
+        )
+    except UnicodeDecodeError:
+        return Rejection(Reason.INVALID_JSON, "not UTF-8")
+    except RecursionError:
+        return Rejection(Reason.INVALID_JSON, "nested too deeply")
+    except ValueError as error:  # JSONDecodeError, duplicate keys, NaN, huge integers
+        return Rejection(Reason.INVALID_JSON, str(error)[:80])
+    if not isinstance(obj, dict):
+        return Rejection(Reason.INVALID_JSON, f"not an object but {type(obj).__name__}")
+    return obj
+
+
+def parse_at(at: Any) -> datetime | Rejection:
+    """An ISO-8601 timestamp that carries its UTC offset."""
+    if not isinstance(at, str):
+        return Rejection(Reason.INVALID_AT, f"at is {type(at).__name__}, not a string")
+    try:
+        parsed = datetime.fromisoformat(at)
+    except ValueError:
+        return Rejection(Reason.INVALID_AT, "at is not ISO-8601")
+    if parsed.utcoffset() is None:
+        return Rejection(Reason.INVALID_AT, "at has no UTC offset")
+    return parsed
+
+
+def check_time(at: datetime, rules: Rules, now: datetime) -> Rejection | None:
+    """Opening hours in museum local time (bounds inclusive), then the future bound."""
+    try:
+        local = at.astimezone(rules.museum_tz)
+    except OverflowError:  # year 1 or 9999 shifted out of range
+        return Rejection(Reason.INVALID_AT, "at is out of range")
+    if not rules.opens <= local.time() <= rules.closes:
+        return Rejection(Reason.OUTSIDE_HOURS, f"pressed at {local:%H:%M:%S} museum time")
+    if at - now > rules.max_future:
+        return Rejection(Reason.FUTURE_AT, "at is in the future")
+    return None
+
+
+def parse_site(site: Any, sites: frozenset[int]) -> int | Rejection:
+    if not (isinstance(site, str) and 0 < len(site) <= MAX_SITE_DIGITS
+            and site.isascii() and site.isdigit()):
+        return Rejection(Reason.UNKNOWN_SITE, f"site {_brief(site)} is not a site number")
+    number = int(site)
+    if number not in sites:
+        return Rejection(Reason.UNKNOWN_SITE, f"site {site!r} has no exhibition")
+    return number
+
+
+def validate(raw: bytes | None, rules: Rules, now: datetime) -> Verdict:
+    """Judge one message value. `now` is the processing clock, timezone-aware."""
+    obj = parse_json_object(raw)
+    if isinstance(obj, Rejection):
+        return obj
+    return validate_object(obj, rules, now)
+
+
+def validate_object(obj: dict[str, Any], rules: Rules, now: datetime) -> Verdict:
+    """Judge an already-decoded message (the rules from step 2 on)."""
+    for key in REQUIRED_KEYS:
+        if key not in obj:
+            return Rejection(Reason.MISSING_KEY, f"missing {key}")
+    extra = obj.keys() - ALLOWED_KEYS
+    if extra:
+        return Rejection(Reason.UNEXPECTED_KEY, f"unexpected {sorted(extra)[0][:40]!r}")
+
+    at = parse_at(obj["at"])
+    if isinstance(at, Rejection):
+        return at
+    time_problem = check_time(at, rules, now)
+    if time_problem is not None:
+        return time_problem
+
+    site = parse_site(obj["site"], rules.sites)
+    if isinstance(site, Rejection):
+        return site
+
+    val = obj["val"]
+    if not _is_json_int(val) or not REQUEST_VAL <= val < len(RATING_LABELS):
+        return Rejection(Reason.INVALID_VAL, f"val {_brief(val)} is not an integer in -1..4")
+
+    kind = obj.get("type")
+    if val == REQUEST_VAL:
+        if not _is_json_int(kind) or not 0 <= kind < len(REQUEST_LABELS):
+            return Rejection(Reason.INVALID_TYPE, f"type {_brief(kind)} is not 0 or 1")
+        return Request(site, kind, at)
+    if kind is not None:
+        return Rejection(Reason.INVALID_TYPE, "a rating carries a type")
+    return Rating(site, val, at)
