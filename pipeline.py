@@ -448,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     settings = read_settings()
     try:
         exhibitions = load_metadata(settings)

@@ -204,6 +204,7 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path, change: dict
 def test_dotenv_file_is_read(tmp_path: Path) -> None:
     env = minimal_env(tmp_path)
     env.pop("TOPIC")
+    env.pop("DATABASE_PORT")  # the environment wins over .env, so leave these to the file
     (tmp_path / ".env").write_text("TOPIC=lmnh\nDATABASE_PORT=oops\n")
     result = subprocess.run([sys.executable, str(ROOT / "pipeline.py")], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
@@ -240,6 +241,7 @@ def test_reset_database_stops_on_the_first_error_and_changes_nothing(database: D
     database.execute("INSERT INTO department (department_name) VALUES ('Geology')")
     # An index of another table holding a name schema.sql creates makes it fail half-way.
     database.execute("CREATE TABLE squatter (x int)")
+    database.execute("DROP INDEX rating_interaction_event_at_idx")
     database.execute("CREATE INDEX rating_interaction_event_at_idx ON squatter (x)")
     failed = reset(database.env(), "--yes")
     assert failed.returncode != 0
