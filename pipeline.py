@@ -17,11 +17,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import boto3
@@ -41,6 +41,9 @@ from validation import Rating, Reason, Rejection, Request, Rules
 
 log = logging.getLogger("pipeline")
 EXIT_CONFIG = 2
+METADATA_ERRORS = (MetadataError, botocore.exceptions.BotoCoreError,
+                   botocore.exceptions.ClientError)
+T = TypeVar("T")
 
 
 class Settings(BaseSettings):
@@ -80,6 +83,7 @@ class Settings(BaseSettings):
     BATCH_SIZE: int = Field(5000, ge=1, le=100_000)
     BATCH_LINGER_MS: int = Field(100, ge=1, le=10_000)
     STATS_INTERVAL_S: int = Field(60, ge=1)
+    METADATA_REFRESH_S: int = Field(600, ge=1)
 
     @field_validator("MUSEUM_TIMEZONE")
     @classmethod
@@ -294,14 +298,15 @@ class Pipeline:
     def __init__(self, settings: Settings, exhibitions: dict[int, Exhibition],
                  stopping: StopFlag) -> None:
         self.settings = settings
+        self.exhibitions = exhibitions
         self.rules = settings.rules(frozenset(exhibitions))
         self.stopping = stopping
         self.stats = Stats()
         self.fatal_error: KafkaError | None = None
         self.pending_offsets: dict[tuple[str, int], int] = {}
         self.reject_log = RejectLog(settings.REJECT_LOG)
-        self.conn = self._connect_with_retry()
-        db.upsert_exhibitions(self.conn, exhibitions.values())
+        self.conn: db.Connection | None = None
+        self._with_database(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
         self.consumer = Consumer(settings.kafka() | {
             "error_cb": self._on_kafka_error,
             "stats_cb": self._on_kafka_stats,
@@ -322,24 +327,42 @@ class Pipeline:
             reraise=True,
         )
 
-    def _connect_with_retry(self) -> db.Connection:
-        for attempt in self._retrying():
-            with attempt:
-                return db.connect(self.settings.database())
-        raise AssertionError("unreachable")  # pragma: no cover - Retrying either returns or raises
+    def _with_database(self, work: Callable[[db.Connection], T]) -> T:
+        """Run `work` on the connection, reconnecting and retrying while the database is away.
 
-    def _write(self, batch: JudgedBatch) -> db.WriteResult:
+        Raises the last connection error only when a stop was asked for meanwhile.
+        """
         for attempt in self._retrying():
             with attempt:
-                if self.conn.closed:
+                if self.conn is None or self.conn.closed:
+                    reconnecting = self.conn is not None
                     self.conn = db.connect(self.settings.database())
-                    log.info("database connection re-established")
+                    if reconnecting:
+                        log.info("database connection re-established")
                 try:
-                    return db.write_interactions(self.conn, batch.ratings, batch.requests)
+                    return work(self.conn)
                 except db.CONNECTION_ERRORS:
                     self.conn.close()
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise AssertionError("unreachable")  # pragma: no cover - Retrying returns or raises
+
+    def _refresh_exhibitions(self) -> None:
+        """Pick up exhibitions added to (or removed from) the bucket; keep the last good set."""
+        try:
+            exhibitions = load_metadata(self.settings)
+        except METADATA_ERRORS as error:
+            log.warning("exhibition refresh failed, keeping the %d loaded: %s",
+                        len(self.exhibitions), _one_line(error))
+            return
+        if exhibitions == self.exhibitions:
+            return
+        self._with_database(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
+        added = sorted(e.public_id for n, e in exhibitions.items() if n not in self.exhibitions)
+        removed = sorted(e.public_id for n, e in self.exhibitions.items() if n not in exhibitions)
+        self.exhibitions = exhibitions
+        self.rules = self.settings.rules(frozenset(exhibitions))
+        log.info("exhibitions refreshed: %d loaded; added %s; removed %s", len(exhibitions),
+                 ", ".join(added) or "none", ", ".join(removed) or "none")
 
     # ---- Kafka callbacks (run inside consume())
     def _on_kafka_error(self, error: KafkaError) -> None:
@@ -357,7 +380,11 @@ class Pipeline:
         ]
         self.stats.lag = sum(lags) if lags else None
 
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned partitions %s", _partition_list(partitions))
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked partitions %s", _partition_list(partitions))
         revoked = {(p.topic, p.partition) for p in partitions}
         self._commit_pending()
         for key in revoked:
@@ -377,9 +404,11 @@ class Pipeline:
     # ---- the loop
     def run(self) -> int:
         log.info("consuming topic %s as group %s", self.settings.TOPIC, self.settings.GROUP)
-        self.consumer.subscribe([self.settings.TOPIC], on_revoke=self._on_revoke)
+        self.consumer.subscribe([self.settings.TOPIC], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke)
         linger_s = self.settings.BATCH_LINGER_MS / 1000
         next_stats = time.monotonic() + self.settings.STATS_INTERVAL_S
+        next_refresh = time.monotonic() + self.settings.METADATA_REFRESH_S
         try:
             while not self.stopping:
                 messages = self.consumer.consume(self.settings.BATCH_SIZE, timeout=linger_s)
@@ -397,6 +426,9 @@ class Pipeline:
                 if time.monotonic() >= next_stats:
                     log.info("%s", self.stats.line())
                     next_stats = time.monotonic() + self.settings.STATS_INTERVAL_S
+                if time.monotonic() >= next_refresh:
+                    self._refresh_exhibitions()
+                    next_refresh = time.monotonic() + self.settings.METADATA_REFRESH_S
         except OSError as error:
             log.error("cannot write the reject log %s (%s); stopping without committing",
                       self.settings.REJECT_LOG, error.strerror or error)
@@ -415,7 +447,8 @@ class Pipeline:
         result = None
         if batch.ratings or batch.requests:
             try:
-                result = self._write(batch)
+                result = self._with_database(
+                    lambda conn: db.write_interactions(conn, batch.ratings, batch.requests))
             except db.CONNECTION_ERRORS:
                 log.warning("stopping before the database came back; the batch will be replayed")
                 return
@@ -428,8 +461,13 @@ class Pipeline:
         self._commit_pending()
         self.consumer.close()
         self.reject_log.close()
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
         log.info("stopped cleanly")
+
+
+def _partition_list(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "none"
 
 
 def _one_line(error: BaseException | None) -> str:
@@ -443,17 +481,57 @@ def load_metadata(settings: Settings) -> dict[int, Exhibition]:
     return load_exhibitions(s3, settings.S3_BUCKET)
 
 
+def check(settings: Settings) -> int:
+    """Reach every service once and say what was found: 0 if all answered, else 1."""
+
+    def s3() -> str:
+        return f"{len(load_metadata(settings))} exhibitions in s3://{settings.S3_BUCKET}"
+
+    def database() -> str:
+        conn = db.connect(settings.database(), application_name="lmnh-pipeline-check")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM exhibition")
+                count = cur.fetchone()[0]
+        finally:
+            conn.close()
+        return (f"{settings.DATABASE_IP}:{settings.DATABASE_PORT}/{settings.DATABASE_NAME}"
+                f" as {settings.DATABASE_USERNAME}, schema present, {count} exhibitions stored")
+
+    def kafka() -> str:
+        consumer = Consumer(settings.kafka() | {"logger": logging.getLogger("kafka")})
+        try:
+            topic = consumer.list_topics(settings.TOPIC, timeout=15).topics[settings.TOPIC]
+        finally:
+            consumer.close()
+        if topic.error is not None:
+            raise KafkaException(topic.error)
+        return f"topic {settings.TOPIC} has {len(topic.partitions)} partitions"
+
+    failures = 0
+    for name, probe in (("s3", s3), ("database", database), ("kafka", kafka)):
+        try:
+            print(f"ok    {name}: {probe()}", flush=True)
+        except Exception as error:  # each failure is reported; none stops the other checks
+            failures += 1
+            print(f"FAIL  {name}: {_one_line(error)}", flush=True)
+    return 1 if failures else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+    parser.add_argument("--check", action="store_true",
+                        help="check the settings and reach S3, the database and Kafka, then exit")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     settings = read_settings()
+    if args.check:
+        return check(settings)
     try:
         exhibitions = load_metadata(settings)
-    except (MetadataError, botocore.exceptions.BotoCoreError,
-            botocore.exceptions.ClientError) as error:
+    except METADATA_ERRORS as error:
         log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, _one_line(error))
         return 1
     log.info("loaded %d exhibitions from s3://%s: %s", len(exhibitions), settings.S3_BUCKET,

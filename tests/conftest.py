@@ -266,11 +266,13 @@ class PipelineRun:
 
     env: dict[str, str]
     log_path: Path
+    args: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
 
     def start(self) -> PipelineRun:
         self.output = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "pipeline.py")], cwd=ROOT,
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "pipeline.py"), *self.args],
+                                        cwd=ROOT,
                                         env=self.env, stdout=self.output,
                                         stderr=subprocess.STDOUT)
         return self
@@ -313,8 +315,8 @@ def pipeline_env(database: Database, broker: Broker, moto_s3: MotoS3, bucket: st
 def run_pipeline(tmp_path: Path) -> Iterator[Callable[..., PipelineRun]]:
     runs: list[PipelineRun] = []
 
-    def start(env: dict[str, str], name: str = "pipeline") -> PipelineRun:
-        run = PipelineRun(env, tmp_path / f"{name}-{len(runs)}.out").start()
+    def start(env: dict[str, str], name: str = "pipeline", *args: str) -> PipelineRun:
+        run = PipelineRun(env, tmp_path / f"{name}-{len(runs)}.out", args).start()
         runs.append(run)
         return run
 

@@ -1,0 +1,248 @@
+"""Faults injected for real: S3 away, poison, rotated or unwritable logs, secrets, scale-out."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+from confluent_kafka import Producer
+from conftest import Broker, Database, PgServer, make_database, unique, wait_until
+from test_pipeline import RATINGS_TOTAL, REQUESTS_TOTAL, all_committed, assert_exact, row_count
+
+from embedded import MotoS3, free_port
+
+VALID = b'{"at": "2026-02-24T12:00:00+00:00", "site": "3", "val": 4}'
+NEW_EXHIBITION = {
+    "EXHIBITION_NAME": "Mammoths", "EXHIBITION_ID": "EXH_06", "FLOOR": "2",
+    "DEPARTMENT": "Paleontology", "START_DATE": "01/12/26", "DESCRIPTION": "Ice age giants.",
+}
+
+
+def at_site(site: str, val: int = 3) -> bytes:
+    return json.dumps({"at": "2026-02-24T12:00:00+00:00", "site": site, "val": val}).encode()
+
+
+def log_lines(env: dict[str, str]) -> list[str]:
+    path = Path(env["REJECT_LOG"])
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
+# ------------------------------------------------------------------ S3 at start-up
+
+
+def test_s3_unreachable_at_start_up_is_a_clear_bounded_failure(pipeline_env, run_pipeline) -> None:
+    env = pipeline_env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    started = time.monotonic()
+    run = run_pipeline(env)
+    assert run.wait(timeout=120) == 1
+    assert time.monotonic() - started < 120
+    output = run.text()
+    assert "cannot load exhibitions from s3://" in output
+    assert "Traceback" not in output
+
+
+def test_an_empty_bucket_at_start_up_is_a_clear_failure(pipeline_env, run_pipeline,
+                                                        moto_s3: MotoS3) -> None:
+    empty = unique("empty").replace("_", "-")
+    moto_s3.client().create_bucket(
+        Bucket=empty, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    run = run_pipeline(pipeline_env | {"S3_BUCKET": empty})
+    assert run.wait(timeout=60) == 1
+    output = run.text()
+    assert "no valid lmnh_exhibition_*.json" in output and "Traceback" not in output
+
+
+# ------------------------------------------------------------------ metadata refresh
+
+
+def test_a_new_exhibition_is_picked_up_and_a_failed_refresh_keeps_the_last_set(
+        broker: Broker, database: Database, pipeline_env, run_pipeline, moto_s3: MotoS3,
+        bucket: str) -> None:
+    env = pipeline_env | {"METADATA_REFRESH_S": "1"}
+    run = run_pipeline(env)
+    broker.produce(env["TOPIC"], [at_site("6")] * 4)
+    wait_until(lambda: len(log_lines(env)) == 4, 30, "site 6 rejected before it exists")
+    assert all("\tunknown_site\t" in line for line in log_lines(env))
+
+    s3 = moto_s3.client()
+    s3.put_object(Bucket=bucket, Key="lmnh_exhibition_mammoth.json",
+                  Body=json.dumps(NEW_EXHIBITION))
+    wait_until(lambda: "added EXH_06" in run.text(), 30, "the refresh")
+    broker.produce(env["TOPIC"], [at_site("6", 4)] * 4)
+    count_site_6 = "SELECT count(*) FROM rating_interaction WHERE exhibition_id = 6"
+    wait_until(lambda: database.scalar(count_site_6) == 4, 30, "site 6 accepted")
+    assert database.scalar("SELECT exhibition_name FROM exhibition WHERE exhibition_id = 6") \
+        == "Mammoths"
+
+    for item in s3.list_objects_v2(Bucket=bucket)["Contents"]:
+        s3.delete_object(Bucket=bucket, Key=item["Key"])
+    wait_until(lambda: "exhibition refresh failed, keeping the 7 loaded" in run.text(), 30,
+               "a failed refresh")
+    broker.produce(env["TOPIC"], [at_site("6", 2)] * 4)
+    wait_until(lambda: database.scalar(count_site_6) == 8, 30, "site 6 still accepted")
+    assert run.stop() == 0
+    assert "Traceback" not in run.text()
+
+
+# ------------------------------------------------------------------ poison through Kafka
+
+
+def test_poison_messages_are_rejected_logged_and_survived(
+        broker: Broker, database: Database, pipeline_env, run_pipeline) -> None:
+    env = pipeline_env
+    topic = env["TOPIC"]
+    broker.partitions(topic)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "message.max.bytes": 3_000_000})
+    poison: list[tuple[bytes | None, dict]] = [
+        (b"\xff\xfe\x00garbage", {}),
+        (b'{"at": "' + b"x" * 1_048_576 + b'"}', {}),
+        (None, {}),
+        (b"[" * 200_000 + b"]" * 200_000, {}),
+        (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, {}),
+        (b'{"at": "2026-02-24T12:00:00+00:00", "site": "1\'); DROP TABLE rating_interaction;--",'
+         b' "val": 2}', {"key": b"'; DELETE FROM exhibition; --",
+                         "headers": [("kiosk", b"7"), ("x-sql", b"DROP TABLE request")]}),
+        (b'{"at": "2026-02-24T12:00:00+00:00", "site": "2", "val": "0; TRUNCATE rating"}', {}),
+    ]
+    for value, extra in poison:
+        producer.produce(topic, value, partition=0, **extra)
+    producer.produce(topic, VALID, partition=0)
+    assert producer.flush(30) == 0
+    run = run_pipeline(env)
+    wait_until(lambda: row_count(database) == 1, 60, "the valid message after the poison")
+    wait_until(lambda: len(log_lines(env)) == len(poison), 30, "every poison logged")
+    assert run.process is not None and run.process.poll() is None
+    assert run.stop() == 0
+    reasons = [line.split("\t")[1] for line in log_lines(env)]
+    assert reasons == ["invalid_json", "missing_key", "invalid_json", "invalid_json",
+                       "invalid_json", "unknown_site", "invalid_val"]
+    assert all(len(line) < 3_000_000 for line in log_lines(env))
+    assert database.scalar("SELECT count(*) FROM exhibition") == 6  # nothing was injected
+    assert database.scalar("SELECT count(*) FROM rating") == 5
+
+
+# ------------------------------------------------------------------ the reject log
+
+
+def test_a_rotated_reject_log_loses_no_line(broker: Broker, pipeline_env, run_pipeline) -> None:
+    env = pipeline_env
+    log_path = Path(env["REJECT_LOG"])
+    run = run_pipeline(env)
+    broker.produce(env["TOPIC"], [at_site("ERR")] * 300)
+    wait_until(lambda: len(log_lines(env)) == 300, 30, "the first rejects")
+    log_path.rename(log_path.with_suffix(".log.1"))  # what logrotate does
+    broker.produce(env["TOPIC"], [at_site("INF")] * 200)
+    wait_until(lambda: len(log_lines(env)) == 200, 30, "rejects in the new file")
+    assert run.stop() == 0
+    rotated = log_path.with_suffix(".log.1").read_text().splitlines()
+    assert len(rotated) == 300 and all("ERR" in line for line in rotated)
+    assert all("INF" in line for line in log_lines(env))
+
+
+def test_an_unwritable_reject_log_stops_consuming_without_committing(
+        broker: Broker, pipeline_env, run_pipeline) -> None:
+    env = pipeline_env
+    log_path = Path(env["REJECT_LOG"])
+    run = run_pipeline(env)
+    broker.produce(env["TOPIC"], [at_site("ERR")] * 8)
+    wait_until(lambda: all_committed(broker, env), 30, "the first rejects committed")
+    committed_before = broker.committed(env["TOPIC"], env["GROUP"])
+    log_path.rename(log_path.with_suffix(".log.1"))
+    log_path.mkdir()  # the path can no longer be opened as a file, even by root
+    broker.produce(env["TOPIC"], [at_site("ERR")] * 8)
+    assert run.wait(timeout=30) == 1
+    output = run.text()
+    assert "cannot write the reject log" in output and "Traceback" not in output
+    assert broker.committed(env["TOPIC"], env["GROUP"]) == committed_before
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def test_secrets_appear_in_no_log_reject_line_or_error(
+        broker: Broker, database: Database, pipeline_env, run_pipeline, tmp_path: Path,
+        capture_lines: list[bytes]) -> None:
+    db_secret, kafka_secret = "Zebra-Secret-9431", "Walrus-Secret-2718"
+    # The embedded server trusts local connections, so the password is sent but not needed.
+    env = pipeline_env | {"DATABASE_PASSWORD": db_secret, "PASSWORD": kafka_secret,
+                          "USERNAME": "kiosk"}
+    broker.produce(env["TOPIC"], capture_lines[:400])
+    run = run_pipeline(env)
+    wait_until(lambda: all_committed(broker, env), 60, "the messages")
+    assert run.stop() == 0
+    failing = [
+        run_pipeline(env | {"DATABASE_PORT": str(free_port()), "DATABASE_CONNECT_TIMEOUT_S": "1"},
+                     "db-down"),
+        run_pipeline(env | {"SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                            "BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}, "sasl-check"),
+    ]
+    time.sleep(4)
+    failing[0].stop()
+    failing[1].stop()
+    check = run_pipeline(env | {"DATABASE_PORT": str(free_port())}, "check", "--check")
+    assert check.wait(timeout=90) == 1
+    texts = [run.text(), failing[0].text(), failing[1].text(), check.text(),
+             Path(env["REJECT_LOG"]).read_text()]
+    assert "database unavailable" in texts[1]
+    for text in texts:
+        assert db_secret not in text and kafka_secret not in text
+
+
+# ------------------------------------------------------------------ --check
+
+
+def test_check_mode_reports_each_service(broker: Broker, pipeline_env, run_pipeline) -> None:
+    broker.partitions(pipeline_env["TOPIC"])
+    good = run_pipeline(pipeline_env, "check-ok", "--check")
+    assert good.wait(timeout=90) == 0, good.text()
+    assert "ok    s3: 6 exhibitions" in good.text()
+    assert "ok    database:" in good.text() and "ok    kafka: topic" in good.text()
+    bad = run_pipeline(pipeline_env | {"DATABASE_PORT": str(free_port()),
+                                       "DATABASE_CONNECT_TIMEOUT_S": "2",
+                                       "S3_BUCKET": "no-such-bucket"}, "check-bad", "--check")
+    assert bad.wait(timeout=90) == 1
+    assert "FAIL  database:" in bad.text() and "FAIL  s3:" in bad.text()
+    assert "ok    kafka" in bad.text()
+    assert "Traceback" not in bad.text()
+
+
+# ------------------------------------------------------------------ scale-out
+
+
+def test_two_instances_share_the_topic_and_survive_a_kill_9(
+        broker: Broker, database: Database, pipeline_env, run_pipeline,
+        capture_lines: list[bytes]) -> None:
+    env = pipeline_env | {"BATCH_SIZE": "25"}
+    broker.produce(env["TOPIC"], list(capture_lines))
+    first = run_pipeline(env, "first")
+    second = run_pipeline(env, "second")
+    wait_until(lambda: row_count(database) >= 1500, 60, "both consuming")
+    for run in (first, second):  # the group split the 4 partitions between them
+        assert re.search(r"assigned partitions \S+\[\d\], \S+\[\d\]$", run.text(), re.M)
+    first.stop(signal.SIGKILL)
+    assert row_count(database) < RATINGS_TOTAL + REQUESTS_TOTAL, "killed too late"
+    wait_until(lambda: all_committed(broker, env), 90, "the survivor to finish")
+    assert second.stop() == 0
+    assert_exact(database, env, capture_lines, broker.partitions(env["TOPIC"]))
+    assert re.search(r"assigned partitions (\S+\[\d\], ){3}\S+\[\d\]$", second.text(), re.M)
+
+
+def test_sigterm_during_a_database_outage_exits_promptly(
+        broker: Broker, private_pg_server: PgServer, pipeline_env, run_pipeline) -> None:
+    database = make_database(private_pg_server)
+    env = pipeline_env | database.env()
+    run = run_pipeline(env)
+    broker.produce(env["TOPIC"], [VALID])
+    wait_until(lambda: row_count(database) == 1, 60, "the first row")
+    assert private_pg_server.embedded is not None
+    private_pg_server.embedded.stop("immediate")
+    broker.produce(env["TOPIC"], [VALID])
+    wait_until(lambda: "database unavailable" in run.text(), 30, "the outage noticed")
+    started = time.monotonic()
+    assert run.stop(timeout=30) == 0
+    assert time.monotonic() - started < 15
+    assert "stopping before the database came back" in run.text()
+    assert "Traceback" not in run.text()
