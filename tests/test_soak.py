@@ -1,0 +1,79 @@
+"""Soak: simulated traffic at 500 messages/s for SOAK_SECONDS (300 in CI): flat memory, exact tables.
+
+Run it for hours with e.g. `SOAK_SECONDS=14400 python3 dev.py test tests/test_soak.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from conftest import Broker, Database, wait_until
+from test_pipeline import all_committed, row_count
+
+import kiosk_simulator
+from validation import Rating, Rejection, Request, Rules, validate
+
+RATE = 500
+WARM_UP_S = 60
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def test_soak_memory_is_flat_and_tables_exact(broker: Broker, database: Database,
+                                              pipeline_env: dict[str, str], run_pipeline) -> None:
+    seconds = int(os.environ.get("SOAK_SECONDS", "300"))
+    count = RATE * seconds
+    now = datetime.now(UTC)
+    interval = timedelta(seconds=1 / RATE)
+    config = kiosk_simulator.SimConfig(start=kiosk_simulator.latest_start(now, count, interval),
+                                       count=count, seed=500, interval=interval)
+    values = [press.value for press in kiosk_simulator.generate(config)]
+    verdicts = [validate(value, Rules(sites=frozenset(range(6))), now) for value in values]
+    want_ratings = Counter((v.site, v.value) for v in verdicts if isinstance(v, Rating))
+    want_requests = Counter((v.site, v.value) for v in verdicts if isinstance(v, Request))
+    want_rejects = sum(isinstance(v, Rejection) for v in verdicts)
+
+    env = pipeline_env | {"STATS_INTERVAL_S": "30"}
+    broker.partitions(env["TOPIC"])
+    run = run_pipeline(env)
+    assert run.process is not None
+    producer = broker.producer()
+    delivery: list[kiosk_simulator.Delivery] = []
+    sender = threading.Thread(target=lambda: delivery.append(
+        kiosk_simulator.produce(producer, env["TOPIC"], values, rate=RATE)))
+    started = time.monotonic()
+    sender.start()
+    samples: list[tuple[float, int]] = []
+    while sender.is_alive():
+        samples.append((time.monotonic() - started, rss_kib(run.process.pid)))
+        time.sleep(5)
+    sender.join()
+    assert delivery[0].failed == 0 and delivery[0].sent == count
+    wait_until(lambda: all_committed(broker, env), 120, "every offset committed")
+    samples.append((time.monotonic() - started, rss_kib(run.process.pid)))
+    assert run.stop() == 0
+
+    after_warm_up = [rss for at, rss in samples if at >= min(WARM_UP_S, seconds / 5)]
+    baseline, peak = after_warm_up[0], max(after_warm_up)
+    print(f"RSS after warm-up {baseline} KiB, peak {peak} KiB over {seconds} s")
+    assert peak < baseline * 1.10, f"RSS grew from {baseline} to {peak} KiB"
+
+    got_ratings = Counter(dict(((site, value), n) for site, value, n in database.query(
+        "SELECT exhibition_id, rating_value, count(*) FROM rating_interaction GROUP BY 1, 2")))
+    got_requests = Counter(dict(((site, value), n) for site, value, n in database.query(
+        "SELECT exhibition_id, request_value, count(*) FROM request_interaction GROUP BY 1, 2")))
+    assert got_ratings == want_ratings
+    assert got_requests == want_requests
+    assert row_count(database) == sum(want_ratings.values()) + sum(want_requests.values())
+    with open(env["REJECT_LOG"], encoding="utf-8") as log:
+        assert sum(1 for _ in log) == want_rejects
