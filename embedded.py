@@ -18,7 +18,8 @@ import socket
 import stat
 import subprocess
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -79,10 +80,14 @@ def _open_path_for(path: Path, user: str) -> None:
 
 @dataclass
 class EmbeddedPostgres:
-    """A PostgreSQL server in `data_dir`, listening on 127.0.0.1:`port`."""
+    """A PostgreSQL server in `data_dir`, listening on 127.0.0.1:`port`.
+
+    `settings` are extra server settings for `start`, e.g. {"track_commit_timestamp": "on"}.
+    """
 
     data_dir: Path
     port: int
+    settings: Mapping[str, str] = field(default_factory=dict)
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run([str(_pg_bin() / tool), *args], capture_output=True, text=True,
@@ -99,7 +104,8 @@ class EmbeddedPostgres:
             self._run("initdb", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
                       "-U", PG_SUPERUSER, "-D", str(self.data_dir))
         if not self.running():
-            options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=on"
+            extra = "".join(f" -c {name}={value}" for name, value in self.settings.items())
+            options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=on{extra}"
             self._run("pg_ctl", "-w", "-t", "60", "-D", str(self.data_dir), "-o", options,
                       "-l", str(self.data_dir / "server.log"), "start")
         return self

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -36,6 +36,11 @@ class Reason(StrEnum):
     UNKNOWN_SITE = "unknown_site"
     INVALID_VAL = "invalid_val"
     INVALID_TYPE = "invalid_type"
+    # The historical CSV exports (backfill.py): local times without an offset, and lines that
+    # are not a CSV row of the expected shape.
+    NONEXISTENT_LOCAL_TIME = "nonexistent_local_time"
+    AMBIGUOUS_LOCAL_TIME = "ambiguous_local_time"
+    INVALID_CSV = "invalid_csv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,3 +204,25 @@ def validate_object(obj: dict[str, Any], rules: Rules, now: datetime) -> Verdict
     if kind is not None:
         return Rejection(Reason.INVALID_TYPE, "a rating carries a type")
     return Rating(site, val, at)
+
+
+def localize(naive: datetime, tz: tzinfo) -> datetime | Rejection:
+    """Place a wall-clock time without an offset (museum time) on the timeline.
+
+    Around a clock change a wall-clock time may not name one instant, and guessing would
+    silently move a press by an hour, so both cases are rejected: a time the spring change
+    skips does not survive a round trip through UTC; a time the autumn change repeats has
+    different offsets with fold=0 (the first pass) and fold=1 (the second).
+    """
+    first = naive.replace(tzinfo=tz, fold=0)
+    try:
+        round_trip = first.astimezone(UTC).astimezone(tz)
+    except OverflowError:  # year 1 or 9999 shifted out of range
+        return Rejection(Reason.INVALID_AT, "at is out of range")
+    if round_trip.replace(tzinfo=None) != naive:
+        return Rejection(Reason.NONEXISTENT_LOCAL_TIME,
+                         f"{naive:%Y-%m-%d %H:%M:%S} is skipped by a clock change")
+    if first.utcoffset() != naive.replace(tzinfo=tz, fold=1).utcoffset():
+        return Rejection(Reason.AMBIGUOUS_LOCAL_TIME,
+                         f"{naive:%Y-%m-%d %H:%M:%S} happens twice at a clock change")
+    return first

@@ -1,4 +1,4 @@
-"""Soak: simulated traffic at 500 messages/s for SOAK_SECONDS (300 in CI): flat memory, exact tables.
+"""Soak: kiosk traffic at 500 messages/s for SOAK_SECONDS (300 in CI): flat RSS, exact tables.
 
 Run it for hours with e.g. `SOAK_SECONDS=14400 python3 dev.py test tests/test_soak.py`.
 """
