@@ -57,6 +57,22 @@ class Interaction(NamedTuple):
     source_offset: int
 
 
+RATING_COLUMNS = ("exhibition_id", "rating_value", "event_at", "source", "source_partition",
+                  "source_offset")
+REQUEST_COLUMNS = ("exhibition_id", "request_value", "event_at", "source", "source_partition",
+                   "source_offset")
+
+
+class Rejected(NamedTuple):
+    """One row for rejected_message: why and when, and where the message came from."""
+
+    reason: str
+    rejected_at: datetime
+    source: str
+    source_partition: int
+    source_offset: int
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     ratings_inserted: int
@@ -82,7 +98,7 @@ def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline")
         keepalives_count=3,
     )
     with conn.cursor() as cur:
-        for table in ("rating_interaction", "request_interaction"):
+        for table in ("rating_interaction", "request_interaction", "rejected_message"):
             cur.execute(sql.SQL(
                 "CREATE TEMP TABLE {staging} ON COMMIT DELETE ROWS AS SELECT * FROM {table}"
                 " WITH NO DATA"
@@ -131,43 +147,48 @@ def upsert_exhibitions(conn: Connection, exhibitions: Iterable[Exhibition]) -> N
             )
 
 
-def _copy_rows(rows: Sequence[Interaction]) -> io.StringIO:
-    """COPY text format; every field is a number, a timestamp or a topic/S3 name without tabs."""
-    return io.StringIO("".join(
-        f"{r.exhibition_id}\t{r.value}\t{r.event_at.isoformat()}\t{r.source}\t"
-        f"{r.source_partition}\t{r.source_offset}\n"
-        for r in rows
-    ))
+def _copy_field(value: object) -> str:
+    """One field in COPY's text format (numbers, timestamps and names; text is escaped)."""
+    if isinstance(value, str):
+        return (value.replace("\\", "\\\\").replace("\t", "\\t")
+                .replace("\n", "\\n").replace("\r", "\\r"))
+    return str(value)
 
 
-def _insert(cur: psycopg2.extensions.cursor, table: str, value_column: str,
-            rows: Sequence[Interaction], returning: bool) -> tuple[int, list[Interaction]]:
+def _copy_rows(rows: Sequence[tuple]) -> io.StringIO:
+    return io.StringIO("".join("\t".join(map(_copy_field, row)) + "\n" for row in rows))
+
+
+def _insert(cur: psycopg2.extensions.cursor, table: str, columns: Sequence[str],
+            rows: Sequence[tuple], returning: bool = False) -> tuple[int, list[tuple]]:
     """COPY `rows` into the staging table and move the new ones into `table`.
 
     Returns how many were new and, if `returning`, the new rows themselves.
     """
     if not rows:
         return 0, []
-    columns = sql.SQL(", ").join(map(sql.Identifier, (
-        "exhibition_id", value_column, "event_at", "source", "source_partition", "source_offset")))
+    column_list = sql.SQL(", ").join(map(sql.Identifier, columns))
     staging = sql.Identifier(f"staging_{table}")
-    cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(staging, columns).as_string(cur),
-                    _copy_rows(rows))
+    cur.copy_expert(
+        sql.SQL("COPY {} ({}) FROM STDIN").format(staging, column_list).as_string(cur),
+        _copy_rows(rows))
     cur.execute(sql.SQL(
         "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} "
         "ON CONFLICT ON CONSTRAINT {constraint} DO NOTHING{returning}"
-    ).format(table=sql.Identifier(table), columns=columns, staging=staging,
+    ).format(table=sql.Identifier(table), columns=column_list, staging=staging,
              constraint=sql.Identifier(f"{table}_source_key"),
-             returning=sql.SQL(" RETURNING {}").format(columns) if returning else sql.SQL("")))
-    return cur.rowcount, [Interaction._make(row) for row in cur.fetchall()] if returning else []
+             returning=sql.SQL(" RETURNING {}").format(column_list) if returning else sql.SQL("")))
+    return cur.rowcount, cur.fetchall() if returning else []
 
 
 def write_interactions(conn: Connection, ratings: Sequence[Interaction],
-                       requests: Sequence[Interaction]) -> WriteResult:
+                       requests: Sequence[Interaction],
+                       rejects: Sequence[Rejected] = ()) -> WriteResult:
     """Write one batch in one transaction; return what was new (replays insert nothing)."""
     with conn, conn.cursor() as cur:
-        ratings_inserted, _ = _insert(cur, "rating_interaction", "rating_value", ratings, False)
+        ratings_inserted, _ = _insert(cur, "rating_interaction", RATING_COLUMNS, ratings)
         requests_inserted, new_requests = _insert(
-            cur, "request_interaction", "request_value", requests, True)
-    emergencies = tuple(row for row in new_requests if row.value == EMERGENCY)
+            cur, "request_interaction", REQUEST_COLUMNS, requests, returning=True)
+        _insert(cur, "rejected_message", Rejected._fields, rejects)
+    emergencies = tuple(Interaction._make(row) for row in new_requests if row[1] == EMERGENCY)
     return WriteResult(ratings_inserted, requests_inserted, emergencies)

@@ -36,6 +36,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wai
 
 import db
 import validation
+from alerts import EmergencyAlerts
 from s3_metadata import Exhibition, MetadataError, load_exhibitions
 from validation import Rating, Reason, Rejection, Request, Rules
 
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     BATCH_LINGER_MS: int = Field(100, ge=1, le=10_000)
     STATS_INTERVAL_S: int = Field(60, ge=1)
     METADATA_REFRESH_S: int = Field(600, ge=1)
+    ALERT_SNS_TOPIC_ARN: str | None = Field(None, pattern=r"^arn:[^:]+:sns:")
 
     @field_validator("MUSEUM_TIMEZONE")
     @classmethod
@@ -259,14 +261,13 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)
     lag: int | None = None
 
-    def add(self, batch: JudgedBatch, result: db.WriteResult | None) -> None:
+    def add(self, batch: JudgedBatch, result: db.WriteResult) -> None:
         self.consumed += len(batch.ratings) + len(batch.requests) + len(batch.rejects)
         self.ratings += len(batch.ratings)
         self.emergency += sum(1 for r in batch.requests if r.value == db.EMERGENCY)
         self.assistance += sum(1 for r in batch.requests if r.value != db.EMERGENCY)
         self.rejected.update(r.reason.value for r in batch.rejects)
-        if result is not None:
-            self.rows_written += result.ratings_inserted + result.requests_inserted
+        self.rows_written += result.ratings_inserted + result.requests_inserted
 
     def line(self) -> str:
         reasons = " ".join(f"{reason}={n}" for reason, n in sorted(self.rejected.items()))
@@ -305,6 +306,8 @@ class Pipeline:
         self.fatal_error: KafkaError | None = None
         self.pending_offsets: dict[tuple[str, int], int] = {}
         self.reject_log = RejectLog(settings.REJECT_LOG)
+        self.alerts = EmergencyAlerts(settings.ALERT_SNS_TOPIC_ARN, exhibitions,
+                                      self.rules.museum_tz)
         self.conn: db.Connection | None = None
         self._with_database(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
         self.consumer = Consumer(settings.kafka() | {
@@ -359,7 +362,7 @@ class Pipeline:
         self._with_database(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
         added = sorted(e.public_id for n, e in exhibitions.items() if n not in self.exhibitions)
         removed = sorted(e.public_id for n, e in self.exhibitions.items() if n not in exhibitions)
-        self.exhibitions = exhibitions
+        self.exhibitions = self.alerts.exhibitions = exhibitions
         self.rules = self.settings.rules(frozenset(exhibitions))
         log.info("exhibitions refreshed: %d loaded; added %s; removed %s", len(exhibitions),
                  ", ".join(added) or "none", ", ".join(removed) or "none")
@@ -444,14 +447,15 @@ class Pipeline:
         batch = judge_batch(messages, self.rules, datetime.now(UTC))
         logged_at = datetime.now(UTC)
         self.reject_log.write([format_reject(r, logged_at) for r in batch.rejects])
-        result = None
-        if batch.ratings or batch.requests:
-            try:
-                result = self._with_database(
-                    lambda conn: db.write_interactions(conn, batch.ratings, batch.requests))
-            except db.CONNECTION_ERRORS:
-                log.warning("stopping before the database came back; the batch will be replayed")
-                return
+        rejected = [db.Rejected(r.reason, logged_at, r.topic, r.partition, r.offset)
+                    for r in batch.rejects]
+        try:
+            result = self._with_database(
+                lambda conn: db.write_interactions(conn, batch.ratings, batch.requests, rejected))
+        except db.CONNECTION_ERRORS:
+            log.warning("stopping before the database came back; the batch will be replayed")
+            return
+        self.alerts.send(result.new_emergencies)
         self.stats.add(batch, result)
         self.pending_offsets.update(batch.next_offsets)
         self._commit_pending()
@@ -460,6 +464,7 @@ class Pipeline:
         log.info("%s", self.stats.line())
         self._commit_pending()
         self.consumer.close()
+        self.alerts.close()
         self.reject_log.close()
         if self.conn is not None:
             self.conn.close()

@@ -2,8 +2,8 @@
 -- everything the pipeline owns. Roles are cluster-wide and are created only if missing;
 -- their passwords are set by an administrator, never here (see README "Roles").
 
-DROP TABLE IF EXISTS rating_interaction, request_interaction, exhibition, department, floor,
-    rating, request CASCADE;
+DROP TABLE IF EXISTS rating_interaction, request_interaction, rejected_message, exhibition,
+    department, floor, rating, request CASCADE;
 
 CREATE TABLE department (
     department_id   SMALLINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -63,11 +63,158 @@ CREATE TABLE request_interaction (
     CONSTRAINT request_interaction_source_key UNIQUE (source, source_partition, source_offset)
 );
 
--- The dashboards slice by time, and by exhibition over time.
+-- Every message the pipeline rejected (the raw value stays in erroneous_data.log), for the
+-- data-quality picture. Same source constraint: a replay records nothing twice.
+CREATE TABLE rejected_message (
+    rejected_message_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    reason              TEXT NOT NULL,
+    rejected_at         TIMESTAMPTZ NOT NULL,
+    source              TEXT NOT NULL,
+    source_partition    INTEGER NOT NULL,
+    source_offset       BIGINT NOT NULL,
+    CONSTRAINT rejected_message_source_key UNIQUE (source, source_partition, source_offset)
+);
+
+-- The dashboards slice by time, and by exhibition over time; the views group by museum-local
+-- day, so that expression is indexed too.
 CREATE INDEX rating_interaction_event_at_idx ON rating_interaction (event_at);
 CREATE INDEX rating_interaction_exhibition_event_at_idx ON rating_interaction (exhibition_id, event_at);
+CREATE INDEX rating_interaction_local_date_idx
+    ON rating_interaction (((event_at AT TIME ZONE 'Europe/London')::date));
 CREATE INDEX request_interaction_event_at_idx ON request_interaction (event_at);
 CREATE INDEX request_interaction_exhibition_event_at_idx ON request_interaction (exhibition_id, event_at);
+CREATE INDEX request_interaction_local_date_idx
+    ON request_interaction (((event_at AT TIME ZONE 'Europe/London')::date));
+CREATE INDEX rejected_message_rejected_at_idx ON rejected_message (rejected_at);
+
+-- ---------------------------------------------------------------- views for Tableau and SQL
+-- Stable names and columns: workbooks use these, so the tables underneath may change.
+-- Museum-local times are Europe/London (the kiosks' clock).
+
+-- One row per rating, flattened.
+CREATE VIEW v_rating AS
+SELECT ri.rating_interaction_id                                    AS rating_id,
+       ri.event_at                                                 AS event_at_utc,
+       ri.event_at AT TIME ZONE 'Europe/London'                    AS event_at_local,
+       (ri.event_at AT TIME ZONE 'Europe/London')::date            AS local_date,
+       extract(hour FROM ri.event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
+       extract(isodow FROM ri.event_at AT TIME ZONE 'Europe/London')::int AS local_weekday,
+       e.public_id                                                 AS exhibition_id,
+       e.exhibition_name,
+       f.floor_name                                                AS floor,
+       d.department_name                                           AS department,
+       ri.rating_value,
+       r.rating_description
+FROM rating_interaction ri
+JOIN exhibition e USING (exhibition_id)
+JOIN floor f USING (floor_id)
+JOIN department d USING (department_id)
+JOIN rating r USING (rating_value);
+
+-- One row per assistance or emergency request, flattened.
+CREATE VIEW v_request AS
+SELECT qi.request_interaction_id                                   AS request_id,
+       qi.event_at                                                 AS event_at_utc,
+       qi.event_at AT TIME ZONE 'Europe/London'                    AS event_at_local,
+       (qi.event_at AT TIME ZONE 'Europe/London')::date            AS local_date,
+       extract(hour FROM qi.event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
+       extract(isodow FROM qi.event_at AT TIME ZONE 'Europe/London')::int AS local_weekday,
+       e.public_id                                                 AS exhibition_id,
+       e.exhibition_name,
+       f.floor_name                                                AS floor,
+       d.department_name                                           AS department,
+       qi.request_value,
+       q.request_description,
+       qi.request_value = 1                                        AS is_emergency
+FROM request_interaction qi
+JOIN exhibition e USING (exhibition_id)
+JOIN floor f USING (floor_id)
+JOIN department d USING (department_id)
+JOIN request q USING (request_value);
+
+-- Per exhibition, museum-local day and hour: the counts both dashboards start from. The
+-- UNION ALL (not a join) lets a filter on local_date reach the indexes of both tables.
+CREATE VIEW v_exhibition_hourly AS
+WITH counts AS (
+    SELECT exhibition_id,
+           (event_at AT TIME ZONE 'Europe/London')::date AS local_date,
+           extract(hour FROM event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
+           count(*) AS ratings, sum(rating_value) AS rating_sum,
+           count(*) FILTER (WHERE rating_value = 0) AS terrible,
+           count(*) FILTER (WHERE rating_value = 1) AS bad,
+           count(*) FILTER (WHERE rating_value = 2) AS neutral,
+           count(*) FILTER (WHERE rating_value = 3) AS good,
+           count(*) FILTER (WHERE rating_value = 4) AS amazing,
+           0 AS assistance, 0 AS emergency
+    FROM rating_interaction GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT exhibition_id,
+           (event_at AT TIME ZONE 'Europe/London')::date,
+           extract(hour FROM event_at AT TIME ZONE 'Europe/London')::int,
+           0, 0, 0, 0, 0, 0, 0,
+           count(*) FILTER (WHERE request_value = 0),
+           count(*) FILTER (WHERE request_value = 1)
+    FROM request_interaction GROUP BY 1, 2, 3
+)
+SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
+       d.department_name AS department, c.local_date,
+       extract(isodow FROM c.local_date)::int AS local_weekday, c.local_hour,
+       sum(c.ratings)::bigint AS ratings,
+       round(sum(c.rating_sum)::numeric / nullif(sum(c.ratings), 0), 3) AS mean_rating,
+       round(sum(c.terrible)::numeric / nullif(sum(c.ratings), 0), 4) AS share_terrible,
+       round(sum(c.bad)::numeric / nullif(sum(c.ratings), 0), 4) AS share_bad,
+       round(sum(c.neutral)::numeric / nullif(sum(c.ratings), 0), 4) AS share_neutral,
+       round(sum(c.good)::numeric / nullif(sum(c.ratings), 0), 4) AS share_good,
+       round(sum(c.amazing)::numeric / nullif(sum(c.ratings), 0), 4) AS share_amazing,
+       sum(c.assistance)::bigint AS assistance, sum(c.emergency)::bigint AS emergency
+FROM counts c
+JOIN exhibition e USING (exhibition_id)
+JOIN floor f USING (floor_id)
+JOIN department d USING (department_id)
+GROUP BY e.public_id, e.exhibition_name, f.floor_name, d.department_name, c.local_date,
+         c.local_hour;
+
+-- Per exhibition and museum-local day: the same counts, for trends.
+CREATE VIEW v_exhibition_daily AS
+WITH counts AS (
+    SELECT exhibition_id, (event_at AT TIME ZONE 'Europe/London')::date AS local_date,
+           count(*) AS ratings, sum(rating_value) AS rating_sum,
+           count(*) FILTER (WHERE rating_value = 0) AS terrible,
+           count(*) FILTER (WHERE rating_value = 1) AS bad,
+           count(*) FILTER (WHERE rating_value = 2) AS neutral,
+           count(*) FILTER (WHERE rating_value = 3) AS good,
+           count(*) FILTER (WHERE rating_value = 4) AS amazing,
+           0 AS assistance, 0 AS emergency
+    FROM rating_interaction GROUP BY 1, 2
+    UNION ALL
+    SELECT exhibition_id, (event_at AT TIME ZONE 'Europe/London')::date,
+           0, 0, 0, 0, 0, 0, 0,
+           count(*) FILTER (WHERE request_value = 0),
+           count(*) FILTER (WHERE request_value = 1)
+    FROM request_interaction GROUP BY 1, 2
+)
+SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
+       d.department_name AS department, c.local_date,
+       sum(c.ratings)::bigint AS ratings,
+       round(sum(c.rating_sum)::numeric / nullif(sum(c.ratings), 0), 3) AS mean_rating,
+       round(sum(c.terrible)::numeric / nullif(sum(c.ratings), 0), 4) AS share_terrible,
+       round(sum(c.bad)::numeric / nullif(sum(c.ratings), 0), 4) AS share_bad,
+       round(sum(c.neutral)::numeric / nullif(sum(c.ratings), 0), 4) AS share_neutral,
+       round(sum(c.good)::numeric / nullif(sum(c.ratings), 0), 4) AS share_good,
+       round(sum(c.amazing)::numeric / nullif(sum(c.ratings), 0), 4) AS share_amazing,
+       sum(c.assistance)::bigint AS assistance, sum(c.emergency)::bigint AS emergency
+FROM counts c
+JOIN exhibition e USING (exhibition_id)
+JOIN floor f USING (floor_id)
+JOIN department d USING (department_id)
+GROUP BY e.public_id, e.exhibition_name, f.floor_name, d.department_name, c.local_date;
+
+-- Rejected messages per museum-local day and reason: the data-quality picture.
+CREATE VIEW v_rejects_daily AS
+SELECT (rejected_at AT TIME ZONE 'Europe/London')::date AS local_date, reason,
+       count(*)::bigint AS rejected
+FROM rejected_message
+GROUP BY 1, 2;
 
 -- Roles without passwords: lmnh_writer for the pipeline, lmnh_reader for Tableau.
 DO $$
@@ -82,7 +229,9 @@ END
 $$;
 
 GRANT USAGE ON SCHEMA public TO lmnh_writer, lmnh_reader;
+-- Tables and views alike: the reader reads everything and writes nothing.
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_writer;
 GRANT INSERT, UPDATE ON department, floor, exhibition TO lmnh_writer;
-GRANT INSERT ON rating_interaction, request_interaction TO lmnh_writer;
+GRANT INSERT ON rating_interaction, request_interaction, rejected_message TO lmnh_writer;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO lmnh_writer;
