@@ -159,11 +159,26 @@ def _copy_rows(rows: Sequence[tuple]) -> io.StringIO:
     return io.StringIO("".join("\t".join(map(_copy_field, row)) + "\n" for row in rows))
 
 
-def _insert(cur: psycopg2.extensions.cursor, table: str, columns: Sequence[str],
-            rows: Sequence[tuple], returning: bool = False) -> tuple[int, list[tuple]]:
-    """COPY `rows` into the staging table and move the new ones into `table`.
+class Rollup(NamedTuple):
+    """The hourly rollup table an interaction table keeps in step."""
 
-    Returns how many were new and, if `returning`, the new rows themselves.
+    table: str
+    value_column: str
+    count_column: str
+
+
+ROLLUPS = {
+    "rating_interaction": Rollup("rating_hourly", "rating_value", "ratings"),
+    "request_interaction": Rollup("request_hourly", "request_value", "requests"),
+}
+
+
+def _insert(cur: psycopg2.extensions.cursor, table: str, columns: Sequence[str],
+            rows: Sequence[tuple], return_rows: bool = False) -> tuple[int, list[tuple]]:
+    """COPY `rows` into `table`'s staging table, move the new ones in and count them in the
+    rollup (when the table has one), all in one statement.
+
+    Returns how many rows were new and, with `return_rows`, those rows.
     """
     if not rows:
         return 0, []
@@ -172,13 +187,40 @@ def _insert(cur: psycopg2.extensions.cursor, table: str, columns: Sequence[str],
     cur.copy_expert(
         sql.SQL("COPY {} ({}) FROM STDIN").format(staging, column_list).as_string(cur),
         _copy_rows(rows))
-    cur.execute(sql.SQL(
-        "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} "
-        "ON CONFLICT ON CONSTRAINT {constraint} DO NOTHING{returning}"
+    insert_new = sql.SQL(
+        "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging}"
+        " ON CONFLICT ON CONSTRAINT {constraint} DO NOTHING RETURNING {columns}"
     ).format(table=sql.Identifier(table), columns=column_list, staging=staging,
-             constraint=sql.Identifier(f"{table}_source_key"),
-             returning=sql.SQL(" RETURNING {}").format(column_list) if returning else sql.SQL("")))
-    return cur.rowcount, cur.fetchall() if returning else []
+             constraint=sql.Identifier(f"{table}_source_key"))
+    result = sql.SQL("SELECT * FROM new" if return_rows else "SELECT count(*) FROM new")
+    rollup = ROLLUPS.get(table)
+    if rollup is None:
+        cur.execute(sql.SQL("WITH new AS ({}) {}").format(insert_new, result))
+    else:
+        cur.execute(_with_rollup(insert_new, rollup, result))
+    fetched = cur.fetchall()
+    return (len(fetched), fetched) if return_rows else (fetched[0][0], [])
+
+
+def _with_rollup(insert_new: sql.Composable, rollup: Rollup,
+                 result: sql.Composable) -> sql.Composed:
+    """One statement: the insert, then its new rows counted into the hourly rollup.
+
+    Rows are locked in primary-key order, so concurrent instances cannot deadlock on it.
+    """
+    value, count = sql.Identifier(rollup.value_column), sql.Identifier(rollup.count_column)
+    return sql.SQL("""
+        WITH new AS ({insert_new}),
+        counted AS (
+            INSERT INTO {rollup} (local_date, exhibition_id, local_hour, {value}, {count})
+            SELECT (event_at AT TIME ZONE 'Europe/London')::date, exhibition_id,
+                   extract(hour FROM event_at AT TIME ZONE 'Europe/London'), {value}, count(*)
+            FROM new GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+            ON CONFLICT (local_date, exhibition_id, local_hour, {value})
+            DO UPDATE SET {count} = {rollup}.{count} + EXCLUDED.{count}
+        )
+        {result}""").format(insert_new=insert_new, rollup=sql.Identifier(rollup.table),
+                            value=value, count=count, result=result)
 
 
 def write_interactions(conn: Connection, ratings: Sequence[Interaction],
@@ -188,7 +230,7 @@ def write_interactions(conn: Connection, ratings: Sequence[Interaction],
     with conn, conn.cursor() as cur:
         ratings_inserted, _ = _insert(cur, "rating_interaction", RATING_COLUMNS, ratings)
         requests_inserted, new_requests = _insert(
-            cur, "request_interaction", REQUEST_COLUMNS, requests, returning=True)
+            cur, "request_interaction", REQUEST_COLUMNS, requests, return_rows=True)
         _insert(cur, "rejected_message", Rejected._fields, rejects)
     emergencies = tuple(Interaction._make(row) for row in new_requests if row[1] == EMERGENCY)
     return WriteResult(ratings_inserted, requests_inserted, emergencies)

@@ -2,8 +2,8 @@
 -- everything the pipeline owns. Roles are cluster-wide and are created only if missing;
 -- their passwords are set by an administrator, never here (see README "Roles").
 
-DROP TABLE IF EXISTS rating_interaction, request_interaction, rejected_message, exhibition,
-    department, floor, rating, request CASCADE;
+DROP TABLE IF EXISTS rating_interaction, request_interaction, rejected_message, rating_hourly,
+    request_hourly, exhibition, department, floor, rating, request CASCADE;
 
 CREATE TABLE department (
     department_id   SMALLINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -75,17 +75,34 @@ CREATE TABLE rejected_message (
     CONSTRAINT rejected_message_source_key UNIQUE (source, source_partition, source_offset)
 );
 
--- The dashboards slice by time, and by exhibition over time; the views group by museum-local
--- day, so that expression is indexed too.
+-- Tableau and the dashboard slice the row views by time, and by exhibition over time.
 CREATE INDEX rating_interaction_event_at_idx ON rating_interaction (event_at);
 CREATE INDEX rating_interaction_exhibition_event_at_idx ON rating_interaction (exhibition_id, event_at);
-CREATE INDEX rating_interaction_local_date_idx
-    ON rating_interaction (((event_at AT TIME ZONE 'Europe/London')::date));
 CREATE INDEX request_interaction_event_at_idx ON request_interaction (event_at);
 CREATE INDEX request_interaction_exhibition_event_at_idx ON request_interaction (exhibition_id, event_at);
-CREATE INDEX request_interaction_local_date_idx
-    ON request_interaction (((event_at AT TIME ZONE 'Europe/London')::date));
-CREATE INDEX rejected_message_rejected_at_idx ON rejected_message (rejected_at);
+CREATE INDEX rejected_message_local_date_idx
+    ON rejected_message (((rejected_at AT TIME ZONE 'Europe/London')::date));
+
+-- Rollups: presses per exhibition, museum-local hour and value, kept by the pipeline in the
+-- same transaction as the rows (db.py counts only newly inserted rows, so replays add nothing).
+-- The dashboards' daily and hourly views read these, not the millions of interaction rows.
+CREATE TABLE rating_hourly (
+    exhibition_id SMALLINT NOT NULL REFERENCES exhibition,
+    local_date    DATE NOT NULL,
+    local_hour    SMALLINT NOT NULL CHECK (local_hour BETWEEN 0 AND 23),
+    rating_value  SMALLINT NOT NULL REFERENCES rating,
+    ratings       BIGINT NOT NULL,
+    PRIMARY KEY (local_date, exhibition_id, local_hour, rating_value)
+);
+
+CREATE TABLE request_hourly (
+    exhibition_id SMALLINT NOT NULL REFERENCES exhibition,
+    local_date    DATE NOT NULL,
+    local_hour    SMALLINT NOT NULL CHECK (local_hour BETWEEN 0 AND 23),
+    request_value SMALLINT NOT NULL REFERENCES request,
+    requests      BIGINT NOT NULL,
+    PRIMARY KEY (local_date, exhibition_id, local_hour, request_value)
+);
 
 -- ---------------------------------------------------------------- views for Tableau and SQL
 -- Stable names and columns: workbooks use these, so the tables underneath may change.
@@ -132,40 +149,35 @@ JOIN floor f USING (floor_id)
 JOIN department d USING (department_id)
 JOIN request q USING (request_value);
 
--- Per exhibition, museum-local day and hour: the counts both dashboards start from. The
--- UNION ALL (not a join) lets a filter on local_date reach the indexes of both tables.
+-- Per exhibition, museum-local day and hour: the counts both dashboards start from, read from
+-- the rollups (small whatever the size of the interaction tables).
 CREATE VIEW v_exhibition_hourly AS
 WITH counts AS (
-    SELECT exhibition_id,
-           (event_at AT TIME ZONE 'Europe/London')::date AS local_date,
-           extract(hour FROM event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
-           count(*) AS ratings, sum(rating_value) AS rating_sum,
-           count(*) FILTER (WHERE rating_value = 0) AS terrible,
-           count(*) FILTER (WHERE rating_value = 1) AS bad,
-           count(*) FILTER (WHERE rating_value = 2) AS neutral,
-           count(*) FILTER (WHERE rating_value = 3) AS good,
-           count(*) FILTER (WHERE rating_value = 4) AS amazing,
+    SELECT exhibition_id, local_date, local_hour,
+           sum(ratings) AS ratings, sum(ratings * rating_value) AS rating_sum,
+           sum(ratings) FILTER (WHERE rating_value = 0) AS terrible,
+           sum(ratings) FILTER (WHERE rating_value = 1) AS bad,
+           sum(ratings) FILTER (WHERE rating_value = 2) AS neutral,
+           sum(ratings) FILTER (WHERE rating_value = 3) AS good,
+           sum(ratings) FILTER (WHERE rating_value = 4) AS amazing,
            0 AS assistance, 0 AS emergency
-    FROM rating_interaction GROUP BY 1, 2, 3
+    FROM rating_hourly GROUP BY 1, 2, 3
     UNION ALL
-    SELECT exhibition_id,
-           (event_at AT TIME ZONE 'Europe/London')::date,
-           extract(hour FROM event_at AT TIME ZONE 'Europe/London')::int,
-           0, 0, 0, 0, 0, 0, 0,
-           count(*) FILTER (WHERE request_value = 0),
-           count(*) FILTER (WHERE request_value = 1)
-    FROM request_interaction GROUP BY 1, 2, 3
+    SELECT exhibition_id, local_date, local_hour, 0, 0, 0, 0, 0, 0, 0,
+           coalesce(sum(requests) FILTER (WHERE request_value = 0), 0),
+           coalesce(sum(requests) FILTER (WHERE request_value = 1), 0)
+    FROM request_hourly GROUP BY 1, 2, 3
 )
 SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
        d.department_name AS department, c.local_date,
        extract(isodow FROM c.local_date)::int AS local_weekday, c.local_hour,
        sum(c.ratings)::bigint AS ratings,
        round(sum(c.rating_sum)::numeric / nullif(sum(c.ratings), 0), 3) AS mean_rating,
-       round(sum(c.terrible)::numeric / nullif(sum(c.ratings), 0), 4) AS share_terrible,
-       round(sum(c.bad)::numeric / nullif(sum(c.ratings), 0), 4) AS share_bad,
-       round(sum(c.neutral)::numeric / nullif(sum(c.ratings), 0), 4) AS share_neutral,
-       round(sum(c.good)::numeric / nullif(sum(c.ratings), 0), 4) AS share_good,
-       round(sum(c.amazing)::numeric / nullif(sum(c.ratings), 0), 4) AS share_amazing,
+       round(coalesce(sum(c.terrible), 0)::numeric / nullif(sum(c.ratings), 0), 4) AS share_terrible,
+       round(coalesce(sum(c.bad), 0)::numeric / nullif(sum(c.ratings), 0), 4) AS share_bad,
+       round(coalesce(sum(c.neutral), 0)::numeric / nullif(sum(c.ratings), 0), 4) AS share_neutral,
+       round(coalesce(sum(c.good), 0)::numeric / nullif(sum(c.ratings), 0), 4) AS share_good,
+       round(coalesce(sum(c.amazing), 0)::numeric / nullif(sum(c.ratings), 0), 4) AS share_amazing,
        sum(c.assistance)::bigint AS assistance, sum(c.emergency)::bigint AS emergency
 FROM counts c
 JOIN exhibition e USING (exhibition_id)
@@ -176,38 +188,17 @@ GROUP BY e.public_id, e.exhibition_name, f.floor_name, d.department_name, c.loca
 
 -- Per exhibition and museum-local day: the same counts, for trends.
 CREATE VIEW v_exhibition_daily AS
-WITH counts AS (
-    SELECT exhibition_id, (event_at AT TIME ZONE 'Europe/London')::date AS local_date,
-           count(*) AS ratings, sum(rating_value) AS rating_sum,
-           count(*) FILTER (WHERE rating_value = 0) AS terrible,
-           count(*) FILTER (WHERE rating_value = 1) AS bad,
-           count(*) FILTER (WHERE rating_value = 2) AS neutral,
-           count(*) FILTER (WHERE rating_value = 3) AS good,
-           count(*) FILTER (WHERE rating_value = 4) AS amazing,
-           0 AS assistance, 0 AS emergency
-    FROM rating_interaction GROUP BY 1, 2
-    UNION ALL
-    SELECT exhibition_id, (event_at AT TIME ZONE 'Europe/London')::date,
-           0, 0, 0, 0, 0, 0, 0,
-           count(*) FILTER (WHERE request_value = 0),
-           count(*) FILTER (WHERE request_value = 1)
-    FROM request_interaction GROUP BY 1, 2
-)
-SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
-       d.department_name AS department, c.local_date,
-       sum(c.ratings)::bigint AS ratings,
-       round(sum(c.rating_sum)::numeric / nullif(sum(c.ratings), 0), 3) AS mean_rating,
-       round(sum(c.terrible)::numeric / nullif(sum(c.ratings), 0), 4) AS share_terrible,
-       round(sum(c.bad)::numeric / nullif(sum(c.ratings), 0), 4) AS share_bad,
-       round(sum(c.neutral)::numeric / nullif(sum(c.ratings), 0), 4) AS share_neutral,
-       round(sum(c.good)::numeric / nullif(sum(c.ratings), 0), 4) AS share_good,
-       round(sum(c.amazing)::numeric / nullif(sum(c.ratings), 0), 4) AS share_amazing,
-       sum(c.assistance)::bigint AS assistance, sum(c.emergency)::bigint AS emergency
-FROM counts c
-JOIN exhibition e USING (exhibition_id)
-JOIN floor f USING (floor_id)
-JOIN department d USING (department_id)
-GROUP BY e.public_id, e.exhibition_name, f.floor_name, d.department_name, c.local_date;
+SELECT exhibition_id, exhibition_name, floor, department, local_date,
+       sum(ratings)::bigint AS ratings,
+       round(sum(mean_rating * ratings) / nullif(sum(ratings), 0), 3) AS mean_rating,
+       round(sum(share_terrible * ratings) / nullif(sum(ratings), 0), 4) AS share_terrible,
+       round(sum(share_bad * ratings) / nullif(sum(ratings), 0), 4) AS share_bad,
+       round(sum(share_neutral * ratings) / nullif(sum(ratings), 0), 4) AS share_neutral,
+       round(sum(share_good * ratings) / nullif(sum(ratings), 0), 4) AS share_good,
+       round(sum(share_amazing * ratings) / nullif(sum(ratings), 0), 4) AS share_amazing,
+       sum(assistance)::bigint AS assistance, sum(emergency)::bigint AS emergency
+FROM v_exhibition_hourly
+GROUP BY exhibition_id, exhibition_name, floor, department, local_date;
 
 -- Rejected messages per museum-local day and reason: the data-quality picture.
 CREATE VIEW v_rejects_daily AS
@@ -234,4 +225,5 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_writer;
 GRANT INSERT, UPDATE ON department, floor, exhibition TO lmnh_writer;
 GRANT INSERT ON rating_interaction, request_interaction, rejected_message TO lmnh_writer;
+GRANT INSERT, UPDATE ON rating_hourly, request_hourly TO lmnh_writer;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO lmnh_writer;

@@ -79,9 +79,26 @@ def assert_exact(database: Database, env: dict[str, str], capture_lines: list[by
     per_exhibition = Counter((r[2], r[3]) for r in ratings)
     assert sum(n for (site, _), n in per_exhibition.items() if site == 4) == 853
     assert Counter(r[3] for r in requests) == {0: 133, 1: 9}
+    assert_rollups_match(database)
     logged = {tuple(line.split("\t")[2:3]) for line in reject_lines(env)}
     assert len(logged) == REJECTS_TOTAL  # each reject at least once (a replay may repeat one)
     assert sum(want_rejects.values()) == REJECTS_TOTAL
+
+
+def assert_rollups_match(database: Database) -> None:
+    """The hourly rollups count exactly the stored rows, replays and crashes notwithstanding."""
+    for table, rollup, value, count in (("rating_interaction", "rating_hourly", "rating_value",
+                                         "ratings"),
+                                        ("request_interaction", "request_hourly",
+                                         "request_value", "requests")):
+        from_rows = database.query(
+            f"SELECT (event_at AT TIME ZONE 'Europe/London')::date, exhibition_id,"
+            f" extract(hour FROM event_at AT TIME ZONE 'Europe/London')::int, {value}, count(*)"
+            f" FROM {table} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4")
+        from_rollup = database.query(
+            f"SELECT local_date, exhibition_id, local_hour::int, {value}, {count}"
+            f" FROM {rollup} ORDER BY 1, 2, 3, 4")
+        assert from_rollup == from_rows
 
 
 def all_committed(broker: Broker, env: dict[str, str]) -> bool:
