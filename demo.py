@@ -2,10 +2,10 @@
 
 It starts an embedded PostgreSQL (kept in .local/demo between runs), librdkafka's mock Kafka
 cluster, moto's S3 server loaded with the sample exhibition files in sample_metadata/, then the
-real `pipeline.py` (the production code path: Kafka consumer, validation, reject log, psycopg2)
-and the kiosk simulator at a visible rate. The pipeline's own stats lines show live progress.
-On Ctrl-C, or after --duration seconds, it stops everything cleanly and prints a report read
-back from the database.
+real `pipeline.py` (the production code path: Kafka consumer, validation, reject log, psycopg2),
+the live dashboard (`dashboard.py`, its URL is printed) and the kiosk simulator at a visible
+rate. The pipeline's own stats lines show live progress. On Ctrl-C, or after --duration
+seconds, it stops everything cleanly and prints a report read back from the database.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import itertools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from pathlib import Path
 import psycopg2
 
 import kiosk_simulator
-from embedded import EmbeddedPostgres, MockKafka, MotoS3, psql_path
+from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, psql_path
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_METADATA = ROOT / "sample_metadata"
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".local" / "demo",
                         help="where the demo keeps its database and reject log")
     parser.add_argument("--pg-port", type=int, default=54329, help="the demo database's port")
+    parser.add_argument("--dashboard-port", type=int, default=8050,
+                        help="the dashboard's port (a free one if this is taken)")
     parser.add_argument("--fresh", action="store_true", help="start from an empty database")
     parser.add_argument("--stop-db", action="store_true",
                         help="only stop the demo database left running by an earlier demo")
@@ -65,6 +68,16 @@ def apply_schema(url: str) -> None:
     conn.close()
 
 
+def port_or_free(port: int) -> int:
+    """`port` if it is free on 127.0.0.1, else any free port."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def upload_sample_metadata(s3: MotoS3) -> None:
     client = s3.client()
     client.create_bucket(Bucket=BUCKET,
@@ -75,13 +88,16 @@ def upload_sample_metadata(s3: MotoS3) -> None:
 
 def simulate(broker: MockKafka, topic: str, rate: float, seed: int | None,
              stop: threading.Event) -> None:
-    """Kiosk presses at `rate` a second, stamped as a replay ending now, until `stop` is set."""
+    """Kiosk presses at `rate` a second until `stop` is set.
+
+    Stamped in real time from ten opening-hours minutes before now (so they count as today's on
+    the dashboard); when the museum is closed, that is the ten minutes before it closed.
+    """
     interval = timedelta(seconds=1 / rate)
-    count = int(rate * 24 * 3600)
     now = datetime.now(UTC)
-    config = kiosk_simulator.SimConfig(
-        start=kiosk_simulator.latest_start(now, count, interval), count=count, seed=seed,
-        interval=interval)
+    start = kiosk_simulator.latest_start(now, int(rate * 600), interval)
+    config = kiosk_simulator.SimConfig(start=start, count=int(rate * 24 * 3600), seed=seed,
+                                       interval=interval)
     values = (press.value for press in kiosk_simulator.generate(config))
     kiosk_simulator.produce(broker.host, topic,
                             itertools.takewhile(lambda _: not stop.is_set(), values), rate)
@@ -153,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
            | {"REJECT_LOG": str(reject_log), "STATS_INTERVAL_S": "2"})
     pipeline = subprocess.Popen([sys.executable, str(ROOT / "pipeline.py")], cwd=args.data_dir,
                                 env=env, start_new_session=True)
+    dashboard_port = port_or_free(args.dashboard_port)
+    dashboard_log = args.data_dir / "dashboard.log"
+    with dashboard_log.open("ab") as log:
+        dashboard = subprocess.Popen(
+            [sys.executable, str(ROOT / "dashboard.py"), "--port", str(dashboard_port)],
+            cwd=args.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    print(f"dashboard: http://127.0.0.1:{dashboard_port}/ (log: {dashboard_log})", flush=True)
     stop = threading.Event()
     simulator = threading.Thread(target=simulate, daemon=True,
                                  args=(broker, topic, args.rate, args.seed, stop))
@@ -172,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if pipeline.poll() is None:
         pipeline.send_signal(signal.SIGTERM)
     code = pipeline.wait(timeout=60)
+    dashboard.terminate()
+    dashboard.wait(timeout=10)
     print(report(url, reject_log, server), flush=True)
     s3.stop()
     return code
