@@ -206,17 +206,24 @@ def judge_batch(messages: Sequence[Message], rules: Rules, now: datetime) -> Jud
     return batch
 
 
-def format_reject(reject: RejectedMessage, logged_at: datetime) -> str:
+def format_reject_line(logged_at: datetime, reason: str, location: str, detail: str,
+                       value: bytes | None) -> str:
     """One line, whatever the bytes: a UTF-8 value as a JSON string, other bytes as b'...'."""
-    if reject.value is None:
-        value = "null"
+    if value is None:
+        shown = "null"
     else:
         try:
-            value = json.dumps(reject.value.decode("utf-8"), ensure_ascii=False)
+            shown = json.dumps(value.decode("utf-8"), ensure_ascii=False)
         except UnicodeDecodeError:
-            value = repr(reject.value)
-    return (f"{logged_at.isoformat(timespec='milliseconds')}\t{reject.reason}\t"
-            f"{reject.topic}/{reject.partition}/{reject.offset}\t{reject.detail!r}\t{value}\n")
+            shown = repr(value)
+    return (f"{logged_at.isoformat(timespec='milliseconds')}\t{reason}\t{location}\t"
+            f"{detail!r}\t{shown}\n")
+
+
+def format_reject(reject: RejectedMessage, logged_at: datetime) -> str:
+    return format_reject_line(logged_at, reject.reason,
+                              f"{reject.topic}/{reject.partition}/{reject.offset}",
+                              reject.detail, reject.value)
 
 
 # ---------------------------------------------------------------- the imperative shell
@@ -479,11 +486,14 @@ def _one_line(error: BaseException | None) -> str:
     return " ".join(str(error).split()) if error else "unknown error"
 
 
+def s3_client() -> Any:
+    """boto3's standard chain; its standard retry mode covers passing faults."""
+    return boto3.client("s3", config=BotoConfig(
+        retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60))
+
+
 def load_metadata(settings: Settings) -> dict[int, Exhibition]:
-    """The exhibitions from S3; boto3's standard retry mode covers passing faults."""
-    s3 = boto3.client("s3", config=BotoConfig(
-        retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=15))
-    return load_exhibitions(s3, settings.S3_BUCKET)
+    return load_exhibitions(s3_client(), settings.S3_BUCKET)
 
 
 def check(settings: Settings) -> int:
