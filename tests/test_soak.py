@@ -59,7 +59,8 @@ def test_soak_memory_is_flat_and_tables_exact(broker: Broker, database: Database
         time.sleep(5)
     sender.join()
     assert delivery[0].failed == 0 and delivery[0].sent == count
-    wait_until(lambda: all_committed(broker, env), 120, "every offset committed")
+    # A loaded machine may leave the pipeline behind; what counts is that it ends exact.
+    wait_until(lambda: all_committed(broker, env), max(120, seconds), "every offset committed")
     samples.append((time.monotonic() - started, rss_kib(run.process.pid)))
     assert run.stop() == 0
 
