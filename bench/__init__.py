@@ -1,0 +1,1 @@
+"""The throughput and latency benchmark; bench/run.py is its entry point."""

@@ -1,0 +1,181 @@
+"""The services a benchmark run uses, and a fresh database, topic and group for each phase.
+
+PostgreSQL is embedded.EmbeddedPostgres with commit timestamps on (the latency phase reads
+them); Kafka is librdkafka's mock cluster unless TEST_BOOTSTRAP_SERVERS names a broker; S3 is
+moto, holding six exhibition files EXH_00..EXH_05 in the museum's format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port
+from s3_metadata import Exhibition, load_exhibitions
+
+ROOT = Path(__file__).resolve().parents[1]
+SITES = range(6)
+BUCKET = "lmnh-bench"
+# Pipeline settings passed through from the benchmark's environment, to try other values.
+TUNABLES = ("BATCH_SIZE", "BATCH_LINGER_MS", "STATS_INTERVAL_S")
+EXHIBITIONS = (
+    ("cave", "Measureless to Man", "1", "Geology", "23/08/21", "A cave system in 3D."),
+    ("bugs", "Adaptation", "Vault", "Entomology", "01/07/19", "Insects in an industrial world."),
+    ("art", "The Crenshaw Collection", "2", "Zoology", "03/03/21", "Watercolours of wildlife."),
+    ("whales", "Cetacean Sensations", "1", "Zoology", "01/07/19", "Whales, myth to danger."),
+    ("pollution", "Our Polluted World", "3", "Ecology", "12/05/21", "Humanity's impact."),
+    ("dino", "Thunder Lizards", "1", "Paleontology", "01/02/23", "Dinosaurs rethought."),
+)
+
+
+class BenchError(Exception):
+    """The benchmark cannot give a trustworthy figure (inexact tables, a dead process...)."""
+
+
+def exhibition_files() -> dict[str, bytes]:
+    """lmnh_exhibition_<name>.json for sites 0..5, in the format of the museum's bucket."""
+    return {
+        f"lmnh_exhibition_{key}.json": json.dumps({
+            "EXHIBITION_NAME": name, "EXHIBITION_ID": f"EXH_{site:02d}", "FLOOR": floor,
+            "DEPARTMENT": department, "START_DATE": start, "DESCRIPTION": description,
+        }, indent=4).encode()
+        for site, (key, name, floor, department, start, description) in zip(
+            SITES, EXHIBITIONS, strict=True)
+    }
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase's own database, topic (created), consumer group and reject log."""
+
+    bootstrap: str
+    topic: str
+    group: str
+    partitions: int
+    database_url: str
+    workdir: Path
+    pipeline_env: dict[str, str]
+
+    @property
+    def reject_log(self) -> Path:
+        return Path(self.pipeline_env["REJECT_LOG"])
+
+    def producer(self) -> Producer:
+        return Producer({"bootstrap.servers": self.bootstrap})
+
+    def offsets(self) -> GroupOffsets:
+        return GroupOffsets(self.bootstrap, self.topic, self.group, self.partitions)
+
+    def query(self, statement: str) -> list[tuple]:
+        conn = psycopg2.connect(self.database_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+
+class GroupOffsets:
+    """A group's committed offsets and the topic's watermarks, read without joining the group."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, partitions: int) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                                  "enable.auto.commit": False})
+        self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def committed(self) -> list[int]:
+        """The next offset to read, per partition (0 where nothing is committed yet)."""
+        return [max(tp.offset, 0) for tp in self.consumer.committed(self.partitions, timeout=10)]
+
+    def watermarks(self) -> list[tuple[int, int]]:
+        """(first offset held, end offset) per partition."""
+        return [self.consumer.get_watermark_offsets(tp, timeout=10) for tp in self.partitions]
+
+    def ends(self) -> list[int]:
+        return [high for _, high in self.watermarks()]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Services:
+    """PostgreSQL, the broker and S3 for the whole benchmark; `stage` makes a phase's share."""
+
+    def __init__(self, workdir: Path, postgres: EmbeddedPostgres, s3: MotoS3) -> None:
+        self.workdir = workdir
+        self.postgres = postgres
+        self.s3 = s3
+        self.prefix = f"lmnh-bench-{os.getpid()}-{int(time.time())}"
+        self.stages = 0
+        external = os.environ.get("TEST_BOOTSTRAP_SERVERS")
+        self.mock = None if external else MockKafka()  # the mock cluster lives as long as this
+        self.bootstrap = external or self.mock.bootstrap
+        client = s3.client()
+        client.create_bucket(Bucket=BUCKET,
+                             CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+        for key, body in exhibition_files().items():
+            client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+    @property
+    def broker_name(self) -> str:
+        return "librdkafka mock cluster" if self.mock else f"broker {self.bootstrap}"
+
+    def exhibitions(self) -> dict[int, Exhibition]:
+        return load_exhibitions(self.s3.client(), BUCKET)
+
+    def stage(self, name: str) -> Stage:
+        self.stages += 1
+        label = f"{self.prefix}-{self.stages}-{name}"
+        workdir = self.workdir / label
+        workdir.mkdir()
+        database = label.replace("-", "_")
+        self.postgres.create_database(database)
+        url = self.postgres.url(database)
+        conn = psycopg2.connect(url)
+        with conn, conn.cursor() as cur:
+            cur.execute((ROOT / "schema.sql").read_text())
+        conn.close()
+        topic, group = label, f"{label}-pipeline"
+        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
+        env = keep | self.postgres.env(database) | self.s3.env(BUCKET) | {
+            "BOOTSTRAP_SERVERS": self.bootstrap,
+            "SECURITY_PROTOCOL": "PLAINTEXT",
+            "TOPIC": topic,
+            "GROUP": group,
+            "AUTO_OFFSET": "earliest",
+            "REJECT_LOG": str(workdir / "erroneous_data.log"),
+        } | {k: v for k, v in os.environ.items() if k in TUNABLES}
+        return Stage(self.bootstrap, topic, group, create_topic(self.bootstrap, topic), url,
+                     workdir, env)
+
+
+def create_topic(bootstrap: str, topic: str) -> int:
+    """Create `topic` by asking for it (broker auto-create); return its partition count."""
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for _ in range(50):
+        metadata = producer.list_topics(topic, timeout=10).topics[topic]
+        if metadata.error is None and metadata.partitions:
+            return len(metadata.partitions)
+        time.sleep(0.1)
+    raise BenchError(f"topic {topic} was not created")
+
+
+@contextmanager
+def running_services(workdir: Path) -> Iterator[Services]:
+    """The services, stopped on the way out whatever happens."""
+    with ExitStack() as stack:
+        postgres = EmbeddedPostgres(workdir / "pg", free_port(), {"track_commit_timestamp": "on"})
+        stack.callback(postgres.stop)
+        postgres.start()
+        s3 = MotoS3()
+        stack.callback(s3.stop)
+        yield Services(workdir, postgres, s3)
