@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     AUTO_OFFSET: Literal["earliest", "latest"] = "earliest"
     TOPIC: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     KAFKA_SESSION_TIMEOUT_MS: int = Field(45_000, ge=1_000)
+    KAFKA_FETCH_WAIT_MAX_MS: int = Field(50, ge=1, le=10_000)
 
     S3_BUCKET: str = Field(min_length=3)
     REJECT_LOG: Path = Path("erroneous_data.log")
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
     MAX_FUTURE_SECONDS: int = Field(300, ge=0)
 
     BATCH_SIZE: int = Field(5000, ge=1, le=100_000)
-    BATCH_LINGER_MS: int = Field(100, ge=1, le=10_000)
+    BATCH_LINGER_MS: int = Field(20, ge=1, le=10_000)
     STATS_INTERVAL_S: int = Field(60, ge=1)
     METADATA_REFRESH_S: int = Field(600, ge=1)
     ALERT_SNS_TOPIC_ARN: str | None = Field(None, pattern=r"^arn:[^:]+:sns:")
@@ -132,6 +133,11 @@ class Settings(BaseSettings):
             "auto.offset.reset": self.AUTO_OFFSET,
             "enable.auto.commit": False,
             "session.timeout.ms": self.KAFKA_SESSION_TIMEOUT_MS,
+            # How long the broker may hold an empty fetch: bounds the latency of a quiet topic.
+            "fetch.wait.max.ms": self.KAFKA_FETCH_WAIT_MAX_MS,
+            # Prefetch a few batches, not the whole backlog: memory stays flat with its size.
+            "queued.min.messages": 10_000,
+            "queued.max.messages.kbytes": 8_192,
             "client.id": "lmnh-pipeline",
         }
         if self.SECURITY_PROTOCOL.startswith("SASL"):

@@ -107,16 +107,16 @@ def _is_json_int(value: Any) -> bool:
     return type(value) is int  # bool is a subclass of int and is excluded on purpose
 
 
+# Built once: json.loads with hooks would build a new decoder for every message.
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+
+
 def parse_json_object(raw: bytes | None) -> dict[str, Any] | Rejection:
     """Strict UTF-8 JSON object: no NaN/Infinity, no duplicate keys, no other encodings."""
     if raw is None:
         return Rejection(Reason.INVALID_JSON, "empty message value")
     try:
-        obj = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_no_duplicate_keys,
-            parse_constant=_no_constants,
-        )
+        obj = _STRICT_JSON.decode(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return Rejection(Reason.INVALID_JSON, "not UTF-8")
     except RecursionError:

@@ -8,7 +8,8 @@ machine's wall clock. Only presses have rows, so rejects are not timed.
 Alongside, a bare consumer with the pipeline's own consumer settings (Settings.kafka()) notes
 when each message reaches it: the broker's own share of the latency. It matters on the mock cluster,
 which answers a fetch that finds no data only after the fetch's whole wait (fetch.wait.max.ms,
-500 ms by default) even if messages arrive meanwhile; a real broker answers when they arrive.
+the pipeline's KAFKA_FETCH_WAIT_MAX_MS) even if messages arrive meanwhile; a real broker answers
+when they arrive.
 """
 
 from __future__ import annotations

@@ -172,7 +172,8 @@ def table(services: Services, backlog: Backlog, runs: list[RunResult],
         "The broker's share is when a bare",
         "  consumer with the pipeline's consumer settings gets each message: the mock cluster "
         "answers a fetch",
-        "  that finds nothing after fetch.wait.max.ms (500 ms) even if messages arrive meanwhile.",
+        "  that finds nothing after fetch.wait.max.ms (KAFKA_FETCH_WAIT_MAX_MS) even if messages"
+        " arrive meanwhile.",
         "peak RSS: the pipeline's VmHWM just before it is stopped, after the whole backlog and",
         f"  after a fifth of it (its own run); flat means at most {FLAT_RSS_MB} MB apart.",
     ])
