@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -307,7 +308,12 @@ class StopFlag:
 
 
 class Pipeline:
-    """Owns the consumer, the database connection and the reject log for the daemon's life."""
+    """Owns the consumer, the database connection and the reject log for the daemon's life.
+
+    One batch is written on the writer thread while the next is consumed and judged on the
+    main thread; a batch's offsets are committed, in order, once its transaction has committed.
+    Only the writer thread touches the connection while a write is in flight.
+    """
 
     def __init__(self, settings: Settings, exhibitions: dict[int, Exhibition],
                  stopping: StopFlag) -> None:
@@ -323,6 +329,8 @@ class Pipeline:
                                       self.rules.museum_tz)
         self.conn: db.Connection | None = None
         self._with_database(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
+        self.in_flight: tuple[JudgedBatch, Future[db.WriteResult]] | None = None
         self.consumer = Consumer(settings.kafka() | {
             "error_cb": self._on_kafka_error,
             "stats_cb": self._on_kafka_stats,
@@ -372,6 +380,7 @@ class Pipeline:
             return
         if exhibitions == self.exhibitions:
             return
+        self._finish_in_flight()  # the connection is the writer's until then
         self._with_database(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
         added = sorted(e.public_id for n, e in exhibitions.items() if n not in self.exhibitions)
         removed = sorted(e.public_id for n, e in self.exhibitions.items() if n not in exhibitions)
@@ -402,7 +411,7 @@ class Pipeline:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked partitions %s", _partition_list(partitions))
         revoked = {(p.topic, p.partition) for p in partitions}
-        self._commit_pending()
+        self._finish_in_flight()
         for key in revoked:
             self.pending_offsets.pop(key, None)
 
@@ -439,6 +448,8 @@ class Pipeline:
                             return 1
                 if messages:
                     self.process(messages)
+                else:
+                    self._finish_in_flight()
                 if time.monotonic() >= next_stats:
                     log.info("%s", self.stats.line())
                     next_stats = time.monotonic() + self.settings.STATS_INTERVAL_S
@@ -462,9 +473,21 @@ class Pipeline:
         self.reject_log.write([format_reject(r, logged_at) for r in batch.rejects])
         rejected = [db.Rejected(r.reason, logged_at, r.topic, r.partition, r.offset)
                     for r in batch.rejects]
+        self._finish_in_flight()
+        if self.stopping:  # this batch is not written; it is replayed after the restart
+            return
+        self.in_flight = (batch, self.writer.submit(
+            self._with_database,
+            lambda conn: db.write_interactions(conn, batch.ratings, batch.requests, rejected)))
+
+    def _finish_in_flight(self) -> None:
+        """Wait for the batch being written, then count it and commit its offsets."""
+        if self.in_flight is None:
+            return
+        batch, write = self.in_flight
+        self.in_flight = None
         try:
-            result = self._with_database(
-                lambda conn: db.write_interactions(conn, batch.ratings, batch.requests, rejected))
+            result = write.result()
         except db.CONNECTION_ERRORS:
             log.warning("stopping before the database came back; the batch will be replayed")
             return
@@ -474,6 +497,11 @@ class Pipeline:
         self._commit_pending()
 
     def close(self) -> None:
+        try:
+            self._finish_in_flight()
+        except psycopg2.Error as error:
+            log.error("database error, the batch in hand is not written: %s", _one_line(error))
+        self.writer.shutdown()
         log.info("%s", self.stats.line())
         self._commit_pending()
         self.consumer.close()
