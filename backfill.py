@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials in ..." lines
-    settings = read_settings()
+    settings = read_settings(Settings)
     try:
         return run(settings)
     except KeyboardInterrupt:

@@ -16,28 +16,25 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import plotly.graph_objects as go
 import psycopg2
 from dash import Dash, Input, Output, dcc, html, no_update
-from dotenv import find_dotenv, load_dotenv
 from plotly.subplots import make_subplots
 from psycopg2.extensions import ISOLATION_LEVEL_REPEATABLE_READ
 from psycopg2.extensions import connection as Connection
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import db
+from pipeline import DatabaseEnvironment, read_settings
 
 log = logging.getLogger("dashboard")
 MUSEUM_TZ = ZoneInfo("Europe/London")  # the views' time zone
 REFRESH_MS = 15_000
 STATEMENT_TIMEOUT_MS = 5_000
-EXIT_CONFIG = 2
 USUAL_WEEKS = 8  # "usual" is the mean over up to this many earlier same weekdays
 OPEN_HOURS = range(8, 19)  # 08:45 to 18:15, by the hour
 RATINGS = ("Terrible", "Bad", "Neutral", "Good", "Amazing")  # rating_value 0 .. 4
@@ -48,61 +45,10 @@ SHOWN_EMERGENCIES = 10  # the banner lists the latest ones
 NONE = "-"  # a mean over no ratings
 
 
-class Settings(BaseSettings):
-    """The pipeline's DATABASE_* settings (same names and defaults); nothing else is needed."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
-
-    DATABASE_NAME: str = Field(min_length=1)
-    DATABASE_USERNAME: str = Field(min_length=1)
-    DATABASE_PASSWORD: SecretStr
-    DATABASE_IP: str = Field(min_length=1)
-    DATABASE_PORT: int = Field(5432, ge=1, le=65535)
-    DATABASE_SSLMODE: Literal["disable", "allow", "prefer", "require", "verify-ca",
-                              "verify-full"] | None = None
-    DATABASE_SSLROOTCERT: str | None = None
-    DATABASE_CONNECT_TIMEOUT_S: int = Field(10, ge=1)
-
-    def database(self) -> db.DatabaseSettings:
-        return db.DatabaseSettings(
-            host=self.DATABASE_IP,
-            port=self.DATABASE_PORT,
-            name=self.DATABASE_NAME,
-            user=self.DATABASE_USERNAME,
-            password=self.DATABASE_PASSWORD.get_secret_value(),
-            sslmode=self.DATABASE_SSLMODE,
-            sslrootcert=self.DATABASE_SSLROOTCERT,
-            connect_timeout_s=self.DATABASE_CONNECT_TIMEOUT_S,
-            statement_timeout_ms=STATEMENT_TIMEOUT_MS,
-        )
-
-
-def read_settings() -> Settings:
-    """Settings from the environment; exits with status 2 and one line naming what is wrong."""
-    load_dotenv(find_dotenv(usecwd=True))
-    try:
-        return Settings()
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in error.errors())
-        print(f"configuration error: {problems}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
-
-
 def connect(settings: db.DatabaseSettings) -> Connection:
     """A read-only session; each refresh reads one snapshot (one repeatable-read transaction)."""
-    conn = psycopg2.connect(
-        host=settings.host,
-        port=settings.port,
-        dbname=settings.name,
-        user=settings.user,
-        password=settings.password,
-        sslmode=settings.effective_sslmode,
-        sslrootcert=settings.sslrootcert,
-        connect_timeout=settings.connect_timeout_s,
-        options=f"-c statement_timeout={settings.statement_timeout_ms}",
-        application_name="lmnh-dashboard",
-    )
+    conn = db.open_connection(replace(settings, statement_timeout_ms=STATEMENT_TIMEOUT_MS),
+                              "lmnh-dashboard")
     conn.set_session(isolation_level=ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     return conn
 
@@ -470,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8050)
     args = parser.parse_args(argv)
-    settings = read_settings()
+    settings = read_settings(DatabaseEnvironment)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per refresh otherwise

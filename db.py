@@ -80,8 +80,9 @@ class WriteResult:
     new_emergencies: tuple[Interaction, ...]
 
 
-def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:
-    conn = psycopg2.connect(
+def open_connection(settings: DatabaseSettings, application_name: str) -> Connection:
+    """A connection with TLS, timeouts and keepalives as configured."""
+    return psycopg2.connect(
         host=settings.host,
         port=settings.port,
         dbname=settings.name,
@@ -97,6 +98,11 @@ def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline")
         keepalives_interval=10,
         keepalives_count=3,
     )
+
+
+def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:
+    """The writer's connection, with its session's staging tables for the batch COPYs."""
+    conn = open_connection(settings, application_name)
     with conn.cursor() as cur:
         for table in ("rating_interaction", "request_interaction", "rejected_message"):
             cur.execute(sql.SQL(

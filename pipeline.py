@@ -46,10 +46,11 @@ EXIT_CONFIG = 2
 METADATA_ERRORS = (MetadataError, botocore.exceptions.BotoCoreError,
                    botocore.exceptions.ClientError)
 T = TypeVar("T")
+S = TypeVar("S", bound=BaseSettings)
 
 
-class Settings(BaseSettings):
-    """Every setting, from the environment (after `.env`); the names are the operators' contract."""
+class DatabaseEnvironment(BaseSettings):
+    """The DATABASE_* settings, shared by the daemon, the backfill and the dashboard."""
 
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
 
@@ -63,6 +64,24 @@ class Settings(BaseSettings):
     DATABASE_SSLROOTCERT: str | None = None
     DATABASE_CONNECT_TIMEOUT_S: int = Field(10, ge=1)
     DATABASE_STATEMENT_TIMEOUT_MS: int = Field(30_000, ge=100)
+
+    def database(self) -> db.DatabaseSettings:
+        return db.DatabaseSettings(
+            host=self.DATABASE_IP,
+            port=self.DATABASE_PORT,
+            name=self.DATABASE_NAME,
+            user=self.DATABASE_USERNAME,
+            password=self.DATABASE_PASSWORD.get_secret_value(),
+            sslmode=self.DATABASE_SSLMODE,
+            sslrootcert=self.DATABASE_SSLROOTCERT,
+            connect_timeout_s=self.DATABASE_CONNECT_TIMEOUT_S,
+            statement_timeout_ms=self.DATABASE_STATEMENT_TIMEOUT_MS,
+        )
+
+
+class Settings(DatabaseEnvironment):
+    """Every setting of the daemon, from the environment (after `.env`); the names are the
+    operators' contract."""
 
     BOOTSTRAP_SERVERS: str = Field(min_length=1)
     SECURITY_PROTOCOL: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "SASL_SSL"
@@ -113,19 +132,6 @@ class Settings(BaseSettings):
             max_future=timedelta(seconds=self.MAX_FUTURE_SECONDS),
         )
 
-    def database(self) -> db.DatabaseSettings:
-        return db.DatabaseSettings(
-            host=self.DATABASE_IP,
-            port=self.DATABASE_PORT,
-            name=self.DATABASE_NAME,
-            user=self.DATABASE_USERNAME,
-            password=self.DATABASE_PASSWORD.get_secret_value(),
-            sslmode=self.DATABASE_SSLMODE,
-            sslrootcert=self.DATABASE_SSLROOTCERT,
-            connect_timeout_s=self.DATABASE_CONNECT_TIMEOUT_S,
-            statement_timeout_ms=self.DATABASE_STATEMENT_TIMEOUT_MS,
-        )
-
     def kafka(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "bootstrap.servers": self.BOOTSTRAP_SERVERS,
@@ -155,11 +161,11 @@ def _time_format(text: str) -> str:
     return "%H:%M:%S" if text.count(":") == 2 else "%H:%M"
 
 
-def read_settings() -> Settings:
+def read_settings(kind: type[S]) -> S:
     """Settings from the environment; exits with status 2 and one line naming what is wrong."""
     load_dotenv(find_dotenv(usecwd=True))
     try:
-        return Settings()
+        return kind()
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
@@ -575,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    settings = read_settings()
+    settings = read_settings(Settings)
     if args.check:
         return check(settings)
     try:
