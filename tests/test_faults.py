@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import time
 from pathlib import Path
 
-from confluent_kafka import Producer
+import pytest
+from confluent_kafka import KafkaError, Producer
 from conftest import Broker, Database, PgServer, make_database, unique, wait_until
 from test_pipeline import RATINGS_TOTAL, REQUESTS_TOTAL, all_committed, assert_exact, row_count
 
+import pipeline
 from embedded import MotoS3, free_port
 
 VALID = b'{"at": "2026-02-24T12:00:00+00:00", "site": "3", "val": 4}'
@@ -246,3 +249,19 @@ def test_sigterm_during_a_database_outage_exits_promptly(
     assert time.monotonic() - started < 15
     assert "stopping before the database came back" in run.text()
     assert "Traceback" not in run.text()
+
+
+def test_a_fatal_kafka_error_exits_non_zero_with_the_reason(
+        pipeline_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The mock cluster cannot raise a fatal consumer error, so librdkafka's error callback is
+    called as librdkafka would call it, on a real pipeline with real connections."""
+    for name, value in pipeline_env.items():
+        monkeypatch.setenv(name, value)
+    settings = pipeline.read_settings(pipeline.Settings)
+    daemon = pipeline.Pipeline(settings, pipeline.load_metadata(settings), pipeline.StopFlag())
+    daemon._on_kafka_error(KafkaError(KafkaError._FATAL, "injected fencing", fatal=True))
+    with caplog.at_level(logging.INFO):
+        assert daemon.run() == 1
+    assert "kafka fatal error, exiting: injected fencing" in caplog.text
+    assert "stopped cleanly" in caplog.text
