@@ -37,7 +37,7 @@ from pipeline import (
     read_settings,
     s3_client,
 )
-from validation import Rating, Reason, Rejection, Request, Rules, Verdict
+from validation import Rating, Reason, Rejection, Rules, Verdict
 
 log = logging.getLogger("backfill")
 
@@ -147,15 +147,11 @@ def judge_rows(lines: Iterable[tuple[int, bytes]], source: str, rules: Rules,
     batch = JudgedRows()
     for number, raw in lines:
         verdict = judge_row(raw, rules, now)
-        if type(verdict) is Rating:
-            batch.ratings.append(db.Interaction(
-                verdict.site, verdict.value, verdict.at, source, SOURCE_PARTITION, number))
-        elif type(verdict) is Request:
-            batch.requests.append(db.Interaction(
-                verdict.site, verdict.value, verdict.at, source, SOURCE_PARTITION, number))
-        else:
-            assert isinstance(verdict, Rejection)
+        if isinstance(verdict, Rejection):
             batch.rejects.append(RowReject(number, verdict.reason, verdict.detail, raw))
+        else:
+            rows = batch.ratings if type(verdict) is Rating else batch.requests
+            rows.append(db.Interaction.of(verdict, source, SOURCE_PARTITION, number))
     return batch
 
 

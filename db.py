@@ -18,6 +18,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
 from s3_metadata import Exhibition
+from validation import Rating, Request
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # The errors after which a new connection may succeed: server gone, restarted, failed over.
@@ -55,6 +56,12 @@ class Interaction(NamedTuple):
     source: str
     source_partition: int
     source_offset: int
+
+    @classmethod
+    def of(cls, press: Rating | Request, source: str, partition: int,
+           offset: int) -> Interaction:
+        """The row for an accepted press, recording where it came from."""
+        return cls(press.site, press.value, press.at, source, partition, offset)
 
 
 RATING_COLUMNS = ("exhibition_id", "rating_value", "event_at", "source", "source_partition",

@@ -17,6 +17,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -147,6 +148,17 @@ class EmbeddedPostgres:
             "DATABASE_PASSWORD": "",
             "DATABASE_SSLMODE": "disable",
         }
+
+
+def topic_partitions(bootstrap: str, topic: str) -> int:
+    """Partition count of `topic`, asking for it first (brokers auto-create topics)."""
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for _ in range(50):
+        metadata = producer.list_topics(topic, timeout=10).topics[topic]
+        if metadata.error is None and metadata.partitions:
+            return len(metadata.partitions)
+        time.sleep(0.1)
+    raise RuntimeError(f"topic {topic} was not created")
 
 
 class MockKafka:

@@ -39,7 +39,7 @@ import db
 import validation
 from alerts import EmergencyAlerts
 from s3_metadata import Exhibition, MetadataError, load_exhibitions
-from validation import Rating, Reason, Rejection, Request, Rules
+from validation import Rating, Reason, Rejection, Rules
 
 log = logging.getLogger("pipeline")
 EXIT_CONFIG = 2
@@ -205,16 +205,12 @@ def judge_batch(messages: Sequence[Message], rules: Rules, now: datetime) -> Jud
             continue
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         verdict = validation.validate(message.value(), rules, now)
-        if type(verdict) is Rating:
-            batch.ratings.append(db.Interaction(
-                verdict.site, verdict.value, verdict.at, topic, partition, offset))
-        elif type(verdict) is Request:
-            batch.requests.append(db.Interaction(
-                verdict.site, verdict.value, verdict.at, topic, partition, offset))
-        else:
-            assert isinstance(verdict, Rejection)
+        if isinstance(verdict, Rejection):
             batch.rejects.append(RejectedMessage(
                 topic, partition, offset, verdict.reason, verdict.detail, message.value()))
+        else:
+            rows = batch.ratings if type(verdict) is Rating else batch.requests
+            rows.append(db.Interaction.of(verdict, topic, partition, offset))
         batch.next_offsets[(topic, partition)] = offset + 1
     return batch
 

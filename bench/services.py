@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg2
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port
+from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
 from s3_metadata import Exhibition, load_exhibitions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,13 +160,10 @@ class Services:
 
 def create_topic(bootstrap: str, topic: str) -> int:
     """Create `topic` by asking for it (broker auto-create); return its partition count."""
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for _ in range(50):
-        metadata = producer.list_topics(topic, timeout=10).topics[topic]
-        if metadata.error is None and metadata.partitions:
-            return len(metadata.partitions)
-        time.sleep(0.1)
-    raise BenchError(f"topic {topic} was not created")
+    try:
+        return topic_partitions(bootstrap, topic)
+    except RuntimeError as error:
+        raise BenchError(str(error)) from None
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import psycopg2
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port
+from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -179,13 +179,7 @@ class Broker:
 
     def partitions(self, topic: str) -> int:
         """Partition count, creating the topic (auto-create) on first use."""
-        producer = self.producer()
-        for _ in range(50):
-            metadata = producer.list_topics(topic, timeout=10).topics[topic]
-            if metadata.error is None and metadata.partitions:
-                return len(metadata.partitions)
-            time.sleep(0.1)
-        raise RuntimeError(f"topic {topic} was not created")
+        return topic_partitions(self.bootstrap, topic)
 
     def produce(self, topic: str, values: list[bytes | None]) -> None:
         """Produce values spread round-robin over the partitions, and wait for every ack."""
