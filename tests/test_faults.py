@@ -1,4 +1,5 @@
-"""Faults injected for real: S3 away, poison, rotated or unwritable logs, secrets, scale-out."""
+"""Faults injected for real: S3 or the broker away, poison, rotated or unwritable logs, secrets,
+scale-out."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from conftest import Broker, Database, PgServer, make_database, unique, wait_unt
 from test_pipeline import RATINGS_TOTAL, REQUESTS_TOTAL, all_committed, assert_exact, row_count
 
 import pipeline
-from embedded import MotoS3, free_port
+from embedded import MockKafka, MotoS3, free_port
 
 VALID = b'{"at": "2026-02-24T12:00:00+00:00", "site": "3", "val": 4}'
 NEW_EXHIBITION = {
@@ -215,22 +216,63 @@ def test_check_mode_reports_each_service(broker: Broker, pipeline_env, run_pipel
 # ------------------------------------------------------------------ scale-out
 
 
-def test_two_instances_share_the_topic_and_survive_a_kill_9(
+def test_two_instances_share_a_6_partition_topic_and_survive_a_kill_9(
         broker: Broker, database: Database, pipeline_env, run_pipeline,
         capture_lines: list[bytes]) -> None:
     env = pipeline_env | {"BATCH_SIZE": "25"}
+    broker.create_topic(env["TOPIC"], 6)
     broker.produce(env["TOPIC"], list(capture_lines))
     first = run_pipeline(env, "first")
     second = run_pipeline(env, "second")
     wait_until(lambda: row_count(database) >= 1500, 60, "both consuming")
-    for run in (first, second):  # the group split the 4 partitions between them
-        assert re.search(r"assigned partitions \S+\[\d\], \S+\[\d\]$", run.text(), re.M)
+    for run in (first, second):  # the group split the 6 partitions between them
+        assert re.search(r"assigned partitions (\S+\[\d\], ){2}\S+\[\d\]$", run.text(), re.M)
     first.stop(signal.SIGKILL)
     assert row_count(database) < RATINGS_TOTAL + REQUESTS_TOTAL, "killed too late"
     wait_until(lambda: all_committed(broker, env), 90, "the survivor to finish")
     assert second.stop() == 0
-    assert_exact(database, env, capture_lines, broker.partitions(env["TOPIC"]))
-    assert re.search(r"assigned partitions (\S+\[\d\], ){3}\S+\[\d\]$", second.text(), re.M)
+    assert_exact(database, env, capture_lines, 6)
+    assert re.search(r"assigned partitions (\S+\[\d\], ){5}\S+\[\d\]$", second.text(), re.M)
+
+
+# ------------------------------------------------------------------ broker outage
+
+
+def test_a_30_second_broker_outage_is_logged_and_survived_with_exact_tables(
+        database: Database, pipeline_env, run_pipeline, capture_lines: list[bytes]) -> None:
+    """The broker closes its listener and every connection for 30 s mid-stream, then listens
+    again on the same address with its data, as a restarted broker does. Kiosks keep pressing:
+    their presses wait in the producer until the broker is back."""
+    mock = MockKafka()  # a broker of this test's own: the outage must not reach other tests
+    broker = Broker(mock.bootstrap, mock)
+    env = pipeline_env | {"BOOTSTRAP_SERVERS": mock.bootstrap, "BATCH_SIZE": "25"}
+    topic, partitions = env["TOPIC"], 4
+    mock.create_topic(topic, partitions)
+    split = 2508  # a multiple of the partition count keeps the round-robin of Broker.produce
+    broker.produce(topic, list(capture_lines[:split]))
+    run = run_pipeline(env)
+    wait_until(lambda: row_count(database) >= 100, 60, "the pipeline consuming")
+
+    mock.take_down()
+    kiosks = mock.producer()
+    failures: list[str] = []
+    for index, value in enumerate(capture_lines[split:], start=split):
+        kiosks.produce(topic, value, partition=index % partitions,
+                       on_delivery=lambda error, _: failures.append(str(error)) if error else None)
+    down_until = time.monotonic() + 30
+    while time.monotonic() < down_until:
+        assert run.process is not None and run.process.poll() is None, run.text()[-2000:]
+        time.sleep(1)
+    outage_log = run.text()
+    mock.bring_up()
+
+    assert kiosks.flush(60) == 0 and not failures, failures[:3]
+    wait_until(lambda: all_committed(broker, env), 90, "every offset committed after the outage")
+    assert run.stop() == 0
+    assert_exact(database, env, capture_lines, partitions)
+    assert "kafka unreachable" in outage_log
+    assert "kafka reachable again" in run.text()[len(outage_log):]
+    assert "Traceback" not in run.text()
 
 
 def test_sigterm_during_a_database_outage_exits_promptly(
