@@ -119,7 +119,7 @@ def read_emergencies(conn: Connection, day: date) -> list[Emergency]:
             SELECT event_at_local, exhibition_id || ' ' || exhibition_name, floor
             FROM v_request
             WHERE is_emergency AND event_at_utc >= %s AND event_at_utc < %s
-            ORDER BY event_at_utc DESC, request_id DESC""",
+            ORDER BY event_at_utc DESC, exhibition_id""",
                     (midnight, midnight + timedelta(days=1)))
         return [Emergency(*row) for row in cur.fetchall()]
 

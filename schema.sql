@@ -38,56 +38,52 @@ CREATE TABLE request (
 );
 INSERT INTO request VALUES (0, 'Assistance'), (1, 'Emergency');
 
--- Every interaction records where it came from, and the unique constraint makes a replayed
--- message a no-op. Kafka: source = topic, source_partition = partition, source_offset = offset.
+-- Every interaction records where it came from, and that is its primary key, so a replayed
+-- message is refused (COPY) or skipped (INSERT ... ON CONFLICT DO NOTHING).
+-- Kafka: source = topic, source_partition = partition, source_offset = offset.
 -- Backfill: source = 's3://bucket/key', source_partition = 0, source_offset = line number.
+-- Rows arrive in time order, so a BRIN index serves time ranges at almost no cost per insert.
+-- exhibition_id has no per-row foreign key (that lookup cost more than the rest of the insert):
+-- the statement trigger below counts every new row into the hourly rollup, whose foreign key
+-- to exhibition fails the whole statement if any row names an unknown exhibition.
 CREATE TABLE rating_interaction (
-    rating_interaction_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    exhibition_id         SMALLINT NOT NULL REFERENCES exhibition,
-    -- A CHECK, not a foreign key to the fixed five-row table: a per-row lookup costs a fifth
-    -- of the insert.
-    rating_value          SMALLINT NOT NULL CHECK (rating_value BETWEEN 0 AND 4),
-    event_at              TIMESTAMPTZ NOT NULL,
-    source                TEXT NOT NULL,
-    source_partition      INTEGER NOT NULL,
-    source_offset         BIGINT NOT NULL,
-    CONSTRAINT rating_interaction_source_key UNIQUE (source, source_partition, source_offset)
+    exhibition_id    SMALLINT NOT NULL,
+    rating_value     SMALLINT NOT NULL CHECK (rating_value BETWEEN 0 AND 4),
+    event_at         TIMESTAMPTZ NOT NULL,
+    source           TEXT NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset    BIGINT NOT NULL,
+    PRIMARY KEY (source, source_partition, source_offset)
 );
 
 CREATE TABLE request_interaction (
-    request_interaction_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    exhibition_id          SMALLINT NOT NULL REFERENCES exhibition,
-    request_value          SMALLINT NOT NULL CHECK (request_value BETWEEN 0 AND 1),
-    event_at               TIMESTAMPTZ NOT NULL,
-    source                 TEXT NOT NULL,
-    source_partition       INTEGER NOT NULL,
-    source_offset          BIGINT NOT NULL,
-    CONSTRAINT request_interaction_source_key UNIQUE (source, source_partition, source_offset)
+    exhibition_id    SMALLINT NOT NULL,
+    request_value    SMALLINT NOT NULL CHECK (request_value BETWEEN 0 AND 1),
+    event_at         TIMESTAMPTZ NOT NULL,
+    source           TEXT NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset    BIGINT NOT NULL,
+    PRIMARY KEY (source, source_partition, source_offset)
 );
 
 -- Every message the pipeline rejected (the raw value stays in erroneous_data.log), for the
--- data-quality picture. Same source constraint: a replay records nothing twice.
+-- data-quality picture. Same key: a replay records nothing twice.
 CREATE TABLE rejected_message (
-    rejected_message_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    reason              TEXT NOT NULL,
-    rejected_at         TIMESTAMPTZ NOT NULL,
-    source              TEXT NOT NULL,
-    source_partition    INTEGER NOT NULL,
-    source_offset       BIGINT NOT NULL,
-    CONSTRAINT rejected_message_source_key UNIQUE (source, source_partition, source_offset)
+    reason           TEXT NOT NULL,
+    rejected_at      TIMESTAMPTZ NOT NULL,
+    source           TEXT NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset    BIGINT NOT NULL,
+    PRIMARY KEY (source, source_partition, source_offset)
 );
 
--- Tableau and the dashboard slice the row views by time, and by exhibition over time.
-CREATE INDEX rating_interaction_event_at_idx ON rating_interaction (event_at);
-CREATE INDEX rating_interaction_exhibition_event_at_idx ON rating_interaction (exhibition_id, event_at);
-CREATE INDEX request_interaction_event_at_idx ON request_interaction (event_at);
-CREATE INDEX request_interaction_exhibition_event_at_idx ON request_interaction (exhibition_id, event_at);
+CREATE INDEX rating_interaction_event_at_idx ON rating_interaction USING brin (event_at);
+CREATE INDEX request_interaction_event_at_idx ON request_interaction USING brin (event_at);
 CREATE INDEX rejected_message_local_date_idx
     ON rejected_message (((rejected_at AT TIME ZONE 'Europe/London')::date));
 
--- Rollups: presses per exhibition, museum-local hour and value, kept by the pipeline in the
--- same transaction as the rows (db.py counts only newly inserted rows, so replays add nothing).
--- The dashboards' daily and hourly views read these, not the millions of interaction rows.
+-- Rollups: presses per exhibition, museum-local hour and value. The dashboards' daily and
+-- hourly views read these, not the millions of interaction rows.
 CREATE TABLE rating_hourly (
     exhibition_id SMALLINT NOT NULL REFERENCES exhibition,
     local_date    DATE NOT NULL,
@@ -106,14 +102,46 @@ CREATE TABLE request_hourly (
     PRIMARY KEY (local_date, exhibition_id, local_hour, request_value)
 );
 
+-- Counts the rows a statement (COPY or INSERT) really inserted into the rollup named by the
+-- trigger's arguments (rollup table, value column, count column), in the same transaction: a
+-- row that ON CONFLICT skipped is not in new_rows, so a replay adds nothing. One aggregate per
+-- statement: rows are first counted per UTC hour (no time-zone work per row), then each hour is
+-- placed in museum time; Europe/London's offsets are whole hours, so an hour never straddles
+-- two local hours, but the autumn change maps two UTC hours onto one local hour, hence the
+-- second GROUP BY. Groups are written in key order, so concurrent writers cannot deadlock.
+-- SECURITY DEFINER: the writer role inserts rows; only this function touches the rollups.
+CREATE OR REPLACE FUNCTION count_into_hourly() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    EXECUTE format($query$
+        INSERT INTO %1$I AS rollup (local_date, exhibition_id, local_hour, %2$I, %3$I)
+        SELECT (hour_start AT TIME ZONE 'Europe/London')::date, exhibition_id,
+               extract(hour FROM hour_start AT TIME ZONE 'Europe/London'), %2$I, sum(presses)
+        FROM (SELECT date_bin('1 hour', event_at, TIMESTAMPTZ '2000-01-01 00:00+00') AS hour_start,
+                     exhibition_id, %2$I, count(*) AS presses
+              FROM new_rows GROUP BY 1, 2, 3) AS per_utc_hour
+        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        ON CONFLICT (local_date, exhibition_id, local_hour, %2$I)
+        DO UPDATE SET %3$I = rollup.%3$I + EXCLUDED.%3$I
+        $query$, TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER rating_interaction_hourly AFTER INSERT ON rating_interaction
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION count_into_hourly('rating_hourly', 'rating_value', 'ratings');
+CREATE TRIGGER request_interaction_hourly AFTER INSERT ON request_interaction
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION count_into_hourly('request_hourly', 'request_value', 'requests');
+
 -- ---------------------------------------------------------------- views for Tableau and SQL
 -- Stable names and columns: workbooks use these, so the tables underneath may change.
 -- Museum-local times are Europe/London (the kiosks' clock).
 
 -- One row per rating, flattened.
 CREATE VIEW v_rating AS
-SELECT ri.rating_interaction_id                                    AS rating_id,
-       ri.event_at                                                 AS event_at_utc,
+SELECT ri.event_at                                                 AS event_at_utc,
        ri.event_at AT TIME ZONE 'Europe/London'                    AS event_at_local,
        (ri.event_at AT TIME ZONE 'Europe/London')::date            AS local_date,
        extract(hour FROM ri.event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
@@ -132,8 +160,7 @@ JOIN rating r USING (rating_value);
 
 -- One row per assistance or emergency request, flattened.
 CREATE VIEW v_request AS
-SELECT qi.request_interaction_id                                   AS request_id,
-       qi.event_at                                                 AS event_at_utc,
+SELECT qi.event_at                                                 AS event_at_utc,
        qi.event_at AT TIME ZONE 'Europe/London'                    AS event_at_local,
        (qi.event_at AT TIME ZONE 'Europe/London')::date            AS local_date,
        extract(hour FROM qi.event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
@@ -227,5 +254,4 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_writer;
 GRANT INSERT, UPDATE ON department, floor, exhibition TO lmnh_writer;
 GRANT INSERT ON rating_interaction, request_interaction, rejected_message TO lmnh_writer;
-GRANT INSERT, UPDATE ON rating_hourly, request_hourly TO lmnh_writer;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO lmnh_writer;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -54,6 +55,57 @@ def stored(database: Database) -> Database:
     assert (again.ratings_inserted, again.requests_inserted, again.new_emergencies) == (0, 0, ())
     conn.close()
     return database
+
+
+@pytest.fixture
+def writer_conn(database: Database) -> Iterator[db.Connection]:
+    server = database.server
+    conn = db.connect(db.DatabaseSettings(server.host, server.port, database.name, server.user,
+                                          server.password, sslmode="disable"))
+    db.upsert_exhibitions(conn, [EXHIBITION])
+    yield conn
+    conn.close()
+
+
+def test_a_partly_replayed_batch_stores_and_counts_only_its_new_rows(
+        database: Database, writer_conn: db.Connection) -> None:
+    """The COPY fails on the stored rows' key; the staging path writes the rest."""
+    first = [press(3, 4, "2026-07-15T09:10:00+01:00", n) for n in range(3)]
+    requests = [press(3, 1, "2026-07-15T09:40:00+01:00", 1, "request")]
+    db.write_interactions(writer_conn, first, requests,
+                          [db.Rejected("invalid_val", datetime(2026, 7, 15, 10, tzinfo=UTC),
+                                       "t", 0, 0)])
+    overlapping = [*first[1:], press(3, 2, "2026-07-15T09:20:00+01:00", 3)]
+    more_requests = [*requests, press(3, 1, "2026-07-15T09:45:00+01:00", 2, "request")]
+    rejects = [db.Rejected("invalid_val", datetime(2026, 7, 15, 10, tzinfo=UTC), "t", 0, n)
+               for n in range(2)]
+    result = db.write_interactions(writer_conn, overlapping, more_requests, rejects)
+    assert (result.ratings_inserted, result.requests_inserted) == (1, 1)
+    assert [e.source_offset for e in result.new_emergencies] == [2]
+    assert database.scalar("SELECT count(*) FROM rating_interaction") == 4
+    assert database.scalar("SELECT count(*) FROM rejected_message") == 2
+    assert database.query("SELECT local_hour, rating_value, ratings FROM rating_hourly"
+                          " ORDER BY 1, 2") == [(9, 2, 1), (9, 4, 3)]
+    assert database.query("SELECT requests FROM request_hourly") == [(2,)]
+
+
+def test_the_autumn_clock_change_counts_two_utc_hours_into_one_local_hour(
+        database: Database, writer_conn: db.Connection) -> None:
+    """01:30 BST and 01:30 GMT on 25 October 2026 are both local hour 1, in one statement."""
+    ratings = [press(3, 4, "2026-10-25T00:30:00+00:00", 1),
+               press(3, 4, "2026-10-25T01:30:00+00:00", 2)]
+    db.write_interactions(writer_conn, ratings, [])
+    assert database.query("SELECT local_date, local_hour, ratings FROM rating_hourly") == [
+        (date(2026, 10, 25), 1, 2)]
+
+
+def test_a_row_for_an_unknown_exhibition_fails_its_whole_batch(
+        database: Database, writer_conn: db.Connection) -> None:
+    """No per-row foreign key: the rollup's foreign key checks every new row's exhibition."""
+    with pytest.raises(psycopg2.errors.ForeignKeyViolation):
+        db.write_interactions(writer_conn, [press(3, 4, "2026-07-15T09:10:00+01:00", 1),
+                                            press(9, 4, "2026-07-15T09:10:00+01:00", 2)], [])
+    assert database.scalar("SELECT count(*) FROM rating_interaction") == 0
 
 
 def test_the_flat_rating_view_has_local_and_utc_times(stored: Database) -> None:
@@ -115,8 +167,13 @@ def test_the_writer_role_writes_a_batch_but_cannot_delete(stored: Database) -> N
     db.upsert_exhibitions(writer, [EXHIBITION])
     result = db.write_interactions(writer, [press(3, 1, "2026-07-15T10:00:00+01:00", 77)], [])
     assert result.ratings_inserted == 1
-    with pytest.raises(psycopg2.errors.InsufficientPrivilege), writer.cursor() as cur:
-        cur.execute("DELETE FROM rating_interaction")
+    assert stored.scalar("SELECT ratings FROM rating_hourly WHERE local_date = '2026-07-15'"
+                         " AND local_hour = 10 AND rating_value = 1") == 1  # via the trigger
+    for statement in ("DELETE FROM rating_interaction",
+                      "UPDATE rating_hourly SET ratings = 0"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege), writer.cursor() as cur:
+            cur.execute(statement)
+        writer.rollback()
     writer.close()
 
 
