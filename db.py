@@ -113,7 +113,7 @@ def open_connection(settings: DatabaseSettings, application_name: str) -> Connec
 
 
 def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:
-    """The writer's connection, with its session's staging tables for the batch COPYs."""
+    """The writer's connection, with its session's staging tables for replayed batches."""
     conn = open_connection(settings, application_name)
     with conn.cursor() as cur:
         for table in ("rating_interaction", "request_interaction", "rejected_message"):
