@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from enum import StrEnum
@@ -164,8 +165,25 @@ def parse_site(site: Any, sites: frozenset[int]) -> int | Rejection:
     return number
 
 
+# The kiosks write their messages the way Python's json.dumps does by default, e.g.
+# {"at": "2026-02-24T17:18:10.967747+00:00", "site": "4", "val": -1, "type": 0}. A message in
+# exactly that form (keys in that order, strings of printable ASCII with no escapes, integers as
+# JSON writes them, short enough for int()) is read with one regular expression instead of the
+# general JSON parser: the values are the ones json.loads would give, and the same rules judge
+# them. Anything else takes the general path. A property test checks the two paths agree.
+_JSON_TEXT = rb'"([ !#-\[\]-~]*)"'
+_JSON_INT = rb"(-?(?:0|[1-9][0-9]{0,17}))"
+_KIOSK_FORM = re.compile(rb'\{"at": ' + _JSON_TEXT + rb', "site": ' + _JSON_TEXT
+                         + rb', "val": ' + _JSON_INT + rb'(?:, "type": ' + _JSON_INT + rb")?\}")
+
+
 def validate(raw: bytes | None, rules: Rules, now: datetime) -> Verdict:
     """Judge one message value. `now` is the processing clock, timezone-aware."""
+    kiosk_form = _KIOSK_FORM.fullmatch(raw) if raw is not None else None
+    if kiosk_form is not None:
+        at, site, val, kind = kiosk_form.groups()
+        return judge_fields(at.decode("ascii"), site.decode("ascii"), int(val),
+                            None if kind is None else int(kind), rules, now)
     obj = parse_json_object(raw)
     if isinstance(obj, Rejection):
         return obj
@@ -180,23 +198,26 @@ def validate_object(obj: dict[str, Any], rules: Rules, now: datetime) -> Verdict
     extra = obj.keys() - ALLOWED_KEYS
     if extra:
         return Rejection(Reason.UNEXPECTED_KEY, f"unexpected {sorted(extra)[0][:40]!r}")
+    return judge_fields(obj["at"], obj["site"], obj["val"], obj.get("type"), rules, now)
 
-    at = parse_at(obj["at"])
+
+def judge_fields(at_value: Any, site_value: Any, val: Any, kind: Any, rules: Rules,
+                 now: datetime) -> Verdict:
+    """The rules on a message's values (`kind` is None when it has no "type")."""
+    at = parse_at(at_value)
     if isinstance(at, Rejection):
         return at
     time_problem = check_time(at, rules, now)
     if time_problem is not None:
         return time_problem
 
-    site = parse_site(obj["site"], rules.sites)
+    site = parse_site(site_value, rules.sites)
     if isinstance(site, Rejection):
         return site
 
-    val = obj["val"]
     if not _is_json_int(val) or not REQUEST_VAL <= val < len(RATING_LABELS):
         return Rejection(Reason.INVALID_VAL, f"val {_brief(val)} is not an integer in -1..4")
 
-    kind = obj.get("type")
     if val == REQUEST_VAL:
         if not _is_json_int(kind) or not 0 <= kind < len(REQUEST_LABELS):
             return Rejection(Reason.INVALID_TYPE, f"type {_brief(kind)} is not 0 or 1")

@@ -12,13 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from validation import (
+    _KIOSK_FORM,
     REQUIRED_KEYS,
     Rating,
     Reason,
     Rejection,
     Request,
     Rules,
+    parse_json_object,
     validate,
+    validate_object,
 )
 
 RULES = Rules(sites=frozenset(range(6)))
@@ -282,6 +285,36 @@ def test_every_accepted_message_satisfies_every_rule(obj: dict, now: datetime) -
 
 
 # ------------------------------------------------------------------ the real capture
+
+
+def general_path(raw: bytes) -> Rating | Request | Rejection:
+    """The general JSON parser and the rules, without the kiosk-form fast path."""
+    obj = parse_json_object(raw)
+    return obj if isinstance(obj, Rejection) else validate_object(obj, RULES, NOW)
+
+
+kiosk_values = st.one_of(
+    aware_times.map(datetime.isoformat), st.integers(-2, 12).map(str),
+    st.integers(), st.integers(-3, 9), st.text(max_size=12), json_values,
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(kiosk_values, kiosk_values, kiosk_values, st.one_of(st.just(_ABSENT), kiosk_values),
+       st.booleans())
+def test_the_kiosk_form_fast_path_agrees_with_the_general_parser(
+        at: object, site: object, val: object, kind: object, ascii_only: bool) -> None:
+    """Messages in the kiosks' own form (json.dumps defaults), or one flag away from it."""
+    obj = {"at": at, "site": site, "val": val} | ({} if kind is _ABSENT else {"type": kind})
+    raw = json.dumps(obj, ensure_ascii=ascii_only).encode()
+    for variant in (raw, raw.replace(b", ", b","), b" " + raw, raw.replace(b"}", b", }")):
+        assert validate(variant, RULES, NOW) == general_path(variant)
+
+
+def test_real_kiosk_messages_take_the_fast_path(capture_lines: list[bytes]) -> None:
+    in_kiosk_form = [line for line in capture_lines if _KIOSK_FORM.fullmatch(line)]
+    assert len(in_kiosk_form) > 0.9 * len(capture_lines)
+    assert all(validate(line, RULES, NOW) == general_path(line) for line in capture_lines)
 
 
 def test_the_real_capture_line_by_line(capture_lines: list[bytes]) -> None:
