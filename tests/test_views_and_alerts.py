@@ -14,6 +14,7 @@ from conftest import Broker, Database, unique, wait_until
 from test_pipeline import all_committed
 
 import db
+import pipeline
 from alerts import emergency_alert
 from embedded import MotoS3
 from s3_metadata import Exhibition
@@ -227,3 +228,40 @@ def test_one_sns_alert_per_emergency_press_even_after_a_replay(
     assert "floor 1" in whales["Message"] and "14:32:05 on 15/07/2026" in whales["Message"]
     assert first.text().count("alert sent") == 2 and "alert sent" not in replay.text()
     assert database.scalar("SELECT count(*) FROM request_interaction") == 3
+
+
+def test_tls_is_required_off_this_host_and_the_timeouts_reach_the_server(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    def settings(**env: str) -> db.DatabaseSettings:
+        defaults = {k: v for k, v in database.env().items() if k != "DATABASE_SSLMODE"}
+        monkeypatch.delenv("DATABASE_SSLMODE", raising=False)
+        for name, value in (defaults | env).items():
+            monkeypatch.setenv(name, value)
+        return pipeline.read_settings(pipeline.DatabaseEnvironment).database()
+
+    rds = "lmnh.c1a2b3.eu-west-2.rds.amazonaws.com"
+    assert settings(DATABASE_IP=rds).effective_sslmode == "require"
+    assert settings(DATABASE_IP=rds, DATABASE_SSLMODE="verify-full").effective_sslmode == (
+        "verify-full")
+    assert settings().effective_sslmode == "prefer"  # 127.0.0.1
+    try:  # "require" means TLS or no connection at all
+        with_tls = db.open_connection(settings(DATABASE_SSLMODE="require"), "test")
+    except psycopg2.OperationalError as error:  # the embedded server has no TLS
+        assert "SSL" in str(error)
+    else:
+        assert with_tls.info.ssl_in_use
+        with_tls.close()
+
+    conn = db.open_connection(settings(DATABASE_SSLMODE="disable",
+                                       DATABASE_SSLROOTCERT="/etc/ssl/rds-global-bundle.pem",
+                                       DATABASE_CONNECT_TIMEOUT_S="7",
+                                       DATABASE_STATEMENT_TIMEOUT_MS="1234"), "test")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            assert cur.fetchone() == ("1234ms",)
+        dsn = conn.get_dsn_parameters()
+        assert (dsn["connect_timeout"], dsn["sslrootcert"]) == (
+            "7", "/etc/ssl/rds-global-bundle.pem")
+    finally:
+        conn.close()
