@@ -28,15 +28,9 @@ import psycopg2
 
 import db
 import validation
-from pipeline import (
-    METADATA_ERRORS,
-    RejectLog,
-    Settings,
-    format_reject_line,
-    load_metadata,
-    read_settings,
-    s3_client,
-)
+from reject_log import RejectLog, format_reject_line
+from s3_metadata import METADATA_ERRORS, load_exhibitions, s3_client
+from settings import BackfillSettings, read_settings
 from validation import Rating, Reason, Rejection, Rules, Verdict
 
 log = logging.getLogger("backfill")
@@ -264,10 +258,10 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def run(settings: Settings) -> int:
+def run(settings: BackfillSettings) -> int:
     """The whole command after the settings are read; returns the exit status."""
     try:
-        exhibitions = load_metadata(settings)
+        exhibitions = load_exhibitions(s3_client(), settings.S3_BUCKET)
     except METADATA_ERRORS as error:
         log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, _one_line(error))
         return 1
@@ -316,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials in ..." lines
-    settings = read_settings(Settings)
+    settings = read_settings(BackfillSettings)
     try:
         return run(settings)
     except KeyboardInterrupt:

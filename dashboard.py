@@ -29,7 +29,7 @@ from psycopg2.extensions import ISOLATION_LEVEL_REPEATABLE_READ
 from psycopg2.extensions import connection as Connection
 
 import db
-from pipeline import DatabaseEnvironment, read_settings
+from settings import DashboardSettings, read_settings
 
 log = logging.getLogger("dashboard")
 MUSEUM_TZ = ZoneInfo("Europe/London")  # the views' time zone
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8050)
     args = parser.parse_args(argv)
-    settings = read_settings(DatabaseEnvironment)
+    settings = read_settings(DashboardSettings)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per refresh otherwise

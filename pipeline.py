@@ -12,7 +12,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -21,165 +20,24 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, Literal, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import UTC, datetime
+from typing import TypeVar
 
-import boto3
-import botocore.exceptions
 import psycopg2
-from botocore.config import Config as BotoConfig
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from dotenv import find_dotenv, load_dotenv
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
 import db
 import validation
 from alerts import EmergencyAlerts
-from s3_metadata import Exhibition, MetadataError, load_exhibitions
+from reject_log import RejectLog, format_reject_line
+from s3_metadata import METADATA_ERRORS, Exhibition, load_exhibitions, s3_client
+from settings import PipelineSettings, read_settings
 from validation import Rating, Reason, Rejection, Rules
 
 log = logging.getLogger("pipeline")
 SWITCH_INTERVAL_S = 0.0002  # see tune_interpreter
-EXIT_CONFIG = 2
-METADATA_ERRORS = (MetadataError, botocore.exceptions.BotoCoreError,
-                   botocore.exceptions.ClientError)
 T = TypeVar("T")
-S = TypeVar("S", bound=BaseSettings)
-
-
-class DatabaseEnvironment(BaseSettings):
-    """The DATABASE_* settings, shared by the daemon, the backfill and the dashboard."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
-
-    DATABASE_NAME: str = Field(min_length=1)
-    DATABASE_USERNAME: str = Field(min_length=1)
-    DATABASE_PASSWORD: SecretStr
-    DATABASE_IP: str = Field(min_length=1)
-    DATABASE_PORT: int = Field(5432, ge=1, le=65535)
-    DATABASE_SSLMODE: Literal["disable", "allow", "prefer", "require", "verify-ca",
-                              "verify-full"] | None = None
-    DATABASE_SSLROOTCERT: str | None = None
-    DATABASE_CONNECT_TIMEOUT_S: int = Field(10, ge=1)
-    DATABASE_STATEMENT_TIMEOUT_MS: int = Field(30_000, ge=100)
-
-    def database(self) -> db.DatabaseSettings:
-        return db.DatabaseSettings(
-            host=self.DATABASE_IP,
-            port=self.DATABASE_PORT,
-            name=self.DATABASE_NAME,
-            user=self.DATABASE_USERNAME,
-            password=self.DATABASE_PASSWORD.get_secret_value(),
-            sslmode=self.DATABASE_SSLMODE,
-            sslrootcert=self.DATABASE_SSLROOTCERT,
-            connect_timeout_s=self.DATABASE_CONNECT_TIMEOUT_S,
-            statement_timeout_ms=self.DATABASE_STATEMENT_TIMEOUT_MS,
-        )
-
-
-class Settings(DatabaseEnvironment):
-    """Every setting of the daemon, from the environment (after `.env`); the names are the
-    operators' contract."""
-
-    BOOTSTRAP_SERVERS: str = Field(min_length=1)
-    SECURITY_PROTOCOL: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "SASL_SSL"
-    SASL_MECHANISM: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    USERNAME: str | None = None
-    PASSWORD: SecretStr | None = None
-    GROUP: str = Field(min_length=1)
-    AUTO_OFFSET: Literal["earliest", "latest"] = "earliest"
-    TOPIC: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    KAFKA_SESSION_TIMEOUT_MS: int = Field(45_000, ge=1_000)
-    KAFKA_FETCH_WAIT_MAX_MS: int = Field(50, ge=1, le=10_000)
-
-    S3_BUCKET: str = Field(min_length=3)
-    REJECT_LOG: Path = Path("erroneous_data.log")
-
-    MUSEUM_TIMEZONE: str = "Europe/London"
-    OPENING_TIME: str = Field("08:45:00", pattern=r"^\d\d:\d\d(:\d\d)?$")
-    CLOSING_TIME: str = Field("18:15:00", pattern=r"^\d\d:\d\d(:\d\d)?$")
-    MAX_FUTURE_SECONDS: int = Field(300, ge=0)
-
-    BATCH_SIZE: int = Field(5000, ge=1, le=100_000)
-    BATCH_LINGER_MS: int = Field(20, ge=1, le=10_000)
-    STATS_INTERVAL_S: int = Field(60, ge=1)
-    METADATA_REFRESH_S: int = Field(600, ge=1)
-    ALERT_SNS_TOPIC_ARN: str | None = Field(None, pattern=r"^arn:[^:]+:sns:")
-
-    @field_validator("MUSEUM_TIMEZONE")
-    @classmethod
-    def _known_zone(cls, zone: str) -> str:
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("not a known IANA time zone") from None
-        return zone
-
-    @model_validator(mode="after")
-    def _sasl_needs_credentials(self) -> Settings:
-        if self.SECURITY_PROTOCOL.startswith("SASL") and not (self.USERNAME and self.PASSWORD):
-            raise ValueError("USERNAME and PASSWORD are required with SASL")
-        return self
-
-    def rules(self, sites: frozenset[int]) -> Rules:
-        return Rules(
-            sites=sites,
-            museum_tz=ZoneInfo(self.MUSEUM_TIMEZONE),
-            opens=datetime.strptime(self.OPENING_TIME, _time_format(self.OPENING_TIME)).time(),
-            closes=datetime.strptime(self.CLOSING_TIME, _time_format(self.CLOSING_TIME)).time(),
-            max_future=timedelta(seconds=self.MAX_FUTURE_SECONDS),
-        )
-
-    def kafka(self) -> dict[str, Any]:
-        config: dict[str, Any] = {
-            "bootstrap.servers": self.BOOTSTRAP_SERVERS,
-            "security.protocol": self.SECURITY_PROTOCOL,
-            "group.id": self.GROUP,
-            "auto.offset.reset": self.AUTO_OFFSET,
-            "enable.auto.commit": False,
-            "session.timeout.ms": self.KAFKA_SESSION_TIMEOUT_MS,
-            # How long the broker may hold an empty fetch: bounds the latency of a quiet topic.
-            "fetch.wait.max.ms": self.KAFKA_FETCH_WAIT_MAX_MS,
-            # Prefetch a few batches per partition, not the whole backlog (the default is
-            # 100,000 each): memory stays flat with the backlog's size, at no cost in speed.
-            "queued.min.messages": 20_000,
-            # When that prefetch is full, fetch again after 20 ms, not librdkafka's default
-            # 1 s: with the default, a consumer busy writing idles a second at a time, which
-            # capped a backlog's catch-up at 27,000 messages/s.
-            "fetch.queue.backoff.ms": 20,
-            "client.id": "lmnh-pipeline",
-            # A broker closing an idle connection is routine; a real failure still gets a line.
-            "log.connection.close": False,
-        }
-        if self.SECURITY_PROTOCOL.startswith("SASL"):
-            assert self.USERNAME is not None and self.PASSWORD is not None
-            config |= {
-                "sasl.mechanism": self.SASL_MECHANISM,
-                "sasl.username": self.USERNAME,
-                "sasl.password": self.PASSWORD.get_secret_value(),
-            }
-        return config
-
-
-def _time_format(text: str) -> str:
-    return "%H:%M:%S" if text.count(":") == 2 else "%H:%M"
-
-
-def read_settings(kind: type[S]) -> S:
-    """Settings from the environment; exits with status 2 and one line naming what is wrong."""
-    load_dotenv(find_dotenv(usecwd=True))
-    try:
-        return kind()
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
-        )
-        print(f"configuration error: {problems}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
 
 
 # ---------------------------------------------------------------- the pure part of a batch
@@ -223,20 +81,6 @@ def judge_batch(messages: Sequence[Message], rules: Rules, now: datetime) -> Jud
     return batch
 
 
-def format_reject_line(logged_at: datetime, reason: str, location: str, detail: str,
-                       value: bytes | None) -> str:
-    """One line, whatever the bytes: a UTF-8 value as a JSON string, other bytes as b'...'."""
-    if value is None:
-        shown = "null"
-    else:
-        try:
-            shown = json.dumps(value.decode("utf-8"), ensure_ascii=False)
-        except UnicodeDecodeError:
-            shown = repr(value)
-    return (f"{logged_at.isoformat(timespec='milliseconds')}\t{reason}\t{location}\t"
-            f"{detail!r}\t{shown}\n")
-
-
 def format_reject(reject: RejectedMessage, logged_at: datetime) -> str:
     return format_reject_line(logged_at, reject.reason,
                               f"{reject.topic}/{reject.partition}/{reject.offset}",
@@ -244,35 +88,6 @@ def format_reject(reject: RejectedMessage, logged_at: datetime) -> str:
 
 
 # ---------------------------------------------------------------- the imperative shell
-
-
-class RejectLog:
-    """erroneous_data.log: appended, flushed and synced per batch; reopened when rotated away."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the daemon's life
-
-    def _reopen_if_rotated(self) -> None:
-        try:
-            rotated = os.stat(self.path).st_ino != os.fstat(self.file.fileno()).st_ino
-        except FileNotFoundError:
-            rotated = True
-        if rotated:
-            self.file.close()
-            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-
-    def write(self, lines: Sequence[str]) -> None:
-        """Raises OSError if the lines could not be made durable: then nothing may be committed."""
-        if not lines:
-            return
-        self._reopen_if_rotated()
-        self.file.write("".join(lines))
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
 
 
 @dataclass
@@ -325,7 +140,7 @@ class Pipeline:
     Only the writer thread touches the connection while a write is in flight.
     """
 
-    def __init__(self, settings: Settings, exhibitions: dict[int, Exhibition],
+    def __init__(self, settings: PipelineSettings, exhibitions: dict[int, Exhibition],
                  stopping: StopFlag) -> None:
         self.settings = settings
         self.exhibitions = exhibitions
@@ -546,17 +361,11 @@ def _one_line(error: BaseException | None) -> str:
     return " ".join(str(error).split()) if error else "unknown error"
 
 
-def s3_client() -> Any:
-    """boto3's standard chain; its standard retry mode covers passing faults."""
-    return boto3.client("s3", config=BotoConfig(
-        retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60))
-
-
-def load_metadata(settings: Settings) -> dict[int, Exhibition]:
+def load_metadata(settings: PipelineSettings) -> dict[int, Exhibition]:
     return load_exhibitions(s3_client(), settings.S3_BUCKET)
 
 
-def check(settings: Settings) -> int:
+def check(settings: PipelineSettings) -> int:
     """Reach every service once and say what was found: 0 if all answered, else 1."""
 
     def s3() -> str:
@@ -601,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    settings = read_settings(Settings)
+    settings = read_settings(PipelineSettings)
     if args.check:
         return check(settings)
     try:

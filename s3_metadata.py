@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+import boto3
+import botocore.exceptions
+from botocore.config import Config as BotoConfig
+
 log = logging.getLogger("s3_metadata")
 
 EXHIBITION_KEY = re.compile(r"lmnh_exhibition_[^/]+\.json")
@@ -24,6 +28,17 @@ FIELDS = ("EXHIBITION_NAME", "EXHIBITION_ID", "FLOOR", "DEPARTMENT", "START_DATE
 
 class MetadataError(Exception):
     """The bucket does not yield a usable set of exhibitions."""
+
+
+# What a failed read of the bucket raises: no usable files, or S3 unreachable or refusing.
+METADATA_ERRORS = (MetadataError, botocore.exceptions.BotoCoreError,
+                   botocore.exceptions.ClientError)
+
+
+def s3_client() -> Any:
+    """boto3's standard chain; its standard retry mode covers passing faults."""
+    return boto3.client("s3", config=BotoConfig(
+        retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from bench.backlog import Backlog, check_exact
 from bench.pipeline_process import PipelineProcess
 from bench.services import BenchError, Stage
 from kiosk_simulator import produce
-from pipeline import Settings
+from settings import PipelineSettings as Settings
 
 START_TIMEOUT_S = 120
 CATCH_UP_TIMEOUT_S = 60

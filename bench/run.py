@@ -32,7 +32,7 @@ from bench.backlog import Backlog, BacklogResult, check_exact, run_backlog
 from bench.baseline import run_baseline
 from bench.latency import LatencyResult, run_latency
 from bench.services import TUNABLES, BenchError, Services, running_services
-from pipeline import Settings
+from settings import PipelineSettings as Settings
 
 FULL = {"messages": 150_000, "runs": 3, "latency_seconds": 60.0}
 QUICK = {"messages": 30_000, "runs": 1, "latency_seconds": 10.0}

@@ -18,7 +18,7 @@ from conftest import ROOT, SHARED_S3, Database, unique
 import backfill
 import db
 from embedded import MotoS3, free_port
-from pipeline import RejectLog
+from reject_log import RejectLog
 from s3_metadata import load_exhibitions
 from validation import Reason, Rejection, Request, Rules, Verdict, localize, validate
 

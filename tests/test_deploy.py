@@ -7,7 +7,7 @@ import re
 
 from conftest import ROOT
 
-from pipeline import Settings
+from settings import PipelineSettings as Settings
 
 UNIT = ROOT / "deploy" / "lmnh-pipeline.service"
 LOGROTATE = ROOT / "deploy" / "lmnh-pipeline.logrotate"

@@ -17,6 +17,7 @@ from test_pipeline import RATINGS_TOTAL, REQUESTS_TOTAL, all_committed, assert_e
 
 import pipeline
 from embedded import MockKafka, MotoS3, free_port
+from settings import PipelineSettings, read_settings
 
 VALID = b'{"at": "2026-02-24T12:00:00+00:00", "site": "3", "val": 4}'
 NEW_EXHIBITION = {
@@ -300,7 +301,7 @@ def test_a_fatal_kafka_error_exits_non_zero_with_the_reason(
     called as librdkafka would call it, on a real pipeline with real connections."""
     for name, value in pipeline_env.items():
         monkeypatch.setenv(name, value)
-    settings = pipeline.read_settings(pipeline.Settings)
+    settings = read_settings(PipelineSettings)
     daemon = pipeline.Pipeline(settings, pipeline.load_metadata(settings), pipeline.StopFlag())
     daemon._on_kafka_error(KafkaError(KafkaError._FATAL, "injected fencing", fatal=True))
     with caplog.at_level(logging.INFO):

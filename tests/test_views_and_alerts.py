@@ -14,10 +14,10 @@ from conftest import Broker, Database, unique, wait_until
 from test_pipeline import all_committed
 
 import db
-import pipeline
 from alerts import emergency_alert
 from embedded import MotoS3
 from s3_metadata import Exhibition
+from settings import DatabaseEnvironment, read_settings
 
 EXHIBITION = Exhibition(3, "EXH_03", "Cetacean Sensations", "1", "Zoology", date(2019, 7, 1),
                         "Whales.")
@@ -237,7 +237,7 @@ def test_tls_is_required_off_this_host_and_the_timeouts_reach_the_server(
         monkeypatch.delenv("DATABASE_SSLMODE", raising=False)
         for name, value in (defaults | env).items():
             monkeypatch.setenv(name, value)
-        return pipeline.read_settings(pipeline.DatabaseEnvironment).database()
+        return read_settings(DatabaseEnvironment).database()
 
     rds = "lmnh.c1a2b3.eu-west-2.rds.amazonaws.com"
     assert settings(DATABASE_IP=rds).effective_sslmode == "require"
