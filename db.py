@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg2
@@ -25,6 +26,7 @@ from psycopg2.extensions import connection as Connection
 from s3_metadata import Exhibition
 from validation import Rating, Request
 
+SCHEMA_FILES = ("schema.sql", "schema_views.sql")  # a new database: the tables, then the rest
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # The errors after which a new connection may succeed: server gone, restarted, failed over.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -123,6 +125,15 @@ def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline")
             ).format(staging=sql.Identifier(f"staging_{table}"), table=sql.Identifier(table)))
     conn.commit()
     return conn
+
+
+def apply_schema(conn: Connection) -> None:
+    """Create every table, view, role and grant on a new (or to be emptied) database, in one
+    transaction: what reset_database.sh does with psql."""
+    here = Path(__file__).resolve().parent
+    with conn, conn.cursor() as cur:
+        for name in SCHEMA_FILES:
+            cur.execute((here / name).read_text())
 
 
 def upsert_exhibitions(conn: Connection, exhibitions: Iterable[Exhibition]) -> None:

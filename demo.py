@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psycopg2
 
+import db
 import kiosk_simulator
 from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, psql_path
 
@@ -63,9 +64,10 @@ def schema_exists(url: str) -> bool:
 
 def apply_schema(url: str) -> None:
     conn = psycopg2.connect(url)
-    with conn, conn.cursor() as cur:
-        cur.execute((ROOT / "schema.sql").read_text())
-    conn.close()
+    try:
+        db.apply_schema(conn)
+    finally:
+        conn.close()
 
 
 def port_or_free(port: int) -> int:

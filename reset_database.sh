@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Drops and recreates every table, view and index of the kiosk database from schema.sql.
+# Drops and recreates every table, view and index of the kiosk database from schema.sql and
+# schema_views.sql.
 # It destroys all stored ratings and requests, so it refuses to run without --yes.
 # Settings: the pipeline's DATABASE_* variables, from the environment or from ./.env.
 set -euo pipefail
@@ -38,5 +39,5 @@ fi
 echo "resetting database $DATABASE_NAME on $DATABASE_IP:${DATABASE_PORT:-5432}"
 psql --no-psqlrc --quiet -v ON_ERROR_STOP=1 --single-transaction \
     -h "$DATABASE_IP" -p "${DATABASE_PORT:-5432}" -U "$DATABASE_USERNAME" -d "$DATABASE_NAME" \
-    -f "$here/schema.sql"
-echo "done: schema.sql applied"
+    -f "$here/schema.sql" -f "$here/schema_views.sql"
+echo "done: schema.sql and schema_views.sql applied"

@@ -35,7 +35,8 @@ class DatabaseEnvironment(_Environment):
 
     DATABASE_NAME: str = Field(min_length=1)
     DATABASE_USERNAME: str = Field(min_length=1)
-    DATABASE_PASSWORD: SecretStr
+    # Blank or unset: none is sent, and libpq may take one from ~/.pgpass.
+    DATABASE_PASSWORD: SecretStr = SecretStr("")
     DATABASE_IP: str = Field(min_length=1)
     DATABASE_PORT: int = Field(5432, ge=1, le=65535)
     DATABASE_SSLMODE: Literal["disable", "allow", "prefer", "require", "verify-ca",

@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg2
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+import db
 from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
 from s3_metadata import Exhibition, load_exhibitions
 
@@ -141,9 +142,10 @@ class Services:
         self.postgres.create_database(database)
         url = self.postgres.url(database)
         conn = psycopg2.connect(url)
-        with conn, conn.cursor() as cur:
-            cur.execute((ROOT / "schema.sql").read_text())
-        conn.close()
+        try:
+            db.apply_schema(conn)
+        finally:
+            conn.close()
         topic, group = label, f"{label}-pipeline"
         keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
         env = keep | self.postgres.env(database) | self.s3.env(BUCKET) | {

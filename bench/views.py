@@ -167,8 +167,7 @@ def load(postgres: EmbeddedPostgres, sizes: Sizes, last_day: date) -> float:
     url = postgres.url(DATABASE)
     conn = psycopg2.connect(url)
     try:
-        with conn, conn.cursor() as cur:
-            cur.execute((ROOT / "schema.sql").read_text())
+        db.apply_schema(conn)
         db.upsert_exhibitions(conn, EXHIBITIONS)
         first_day = last_day - timedelta(days=DAYS - 1)
         with conn, conn.cursor() as cur:

@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import db
 from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,9 +117,10 @@ def private_pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgSe
 
 def apply_schema(url: str) -> None:
     conn = psycopg2.connect(url)
-    with conn, conn.cursor() as cur:
-        cur.execute((ROOT / "schema.sql").read_text())
-    conn.close()
+    try:
+        db.apply_schema(conn)
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)

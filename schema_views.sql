@@ -1,0 +1,173 @@
+-- What holds no data: the rollup trigger, the views, the roles and their grants. Re-runnable on
+-- a database at any schema version: applied after schema.sql on a new database and again after
+-- every migration (so a view is changed here, never in a migration).
+
+DROP VIEW IF EXISTS v_rating, v_request, v_exhibition_hourly, v_exhibition_daily,
+    v_rejects_daily, exhibition_hour_counts CASCADE;
+
+-- Counts the rows a statement (COPY or INSERT) really inserted into the rollup named by the
+-- trigger's arguments (rollup table, value column, count column), in the same transaction: a
+-- row that ON CONFLICT skipped is not in new_rows, so a replay adds nothing. One aggregate per
+-- statement: rows are first counted per UTC hour (no time-zone work per row), then each hour is
+-- placed in museum time; Europe/London's offsets are whole hours, so an hour never straddles
+-- two local hours, but the autumn change maps two UTC hours onto one local hour, hence the
+-- second GROUP BY. Groups are written in key order, so concurrent writers cannot deadlock.
+-- SECURITY DEFINER: the writer role inserts rows; only this function touches the rollups.
+CREATE OR REPLACE FUNCTION count_into_hourly() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    EXECUTE format($query$
+        INSERT INTO %1$I AS rollup (local_date, exhibition_id, local_hour, %2$I, %3$I)
+        SELECT (hour_start AT TIME ZONE 'Europe/London')::date, exhibition_id,
+               extract(hour FROM hour_start AT TIME ZONE 'Europe/London'), %2$I, sum(presses)
+        FROM (SELECT date_bin('1 hour', event_at, TIMESTAMPTZ '2000-01-01 00:00+00') AS hour_start,
+                     exhibition_id, %2$I, count(*) AS presses
+              FROM new_rows GROUP BY 1, 2, 3) AS per_utc_hour
+        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        ON CONFLICT (local_date, exhibition_id, local_hour, %2$I)
+        DO UPDATE SET %3$I = rollup.%3$I + EXCLUDED.%3$I
+        $query$, TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS rating_interaction_hourly ON rating_interaction;
+DROP TRIGGER IF EXISTS request_interaction_hourly ON request_interaction;
+CREATE TRIGGER rating_interaction_hourly AFTER INSERT ON rating_interaction
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION count_into_hourly('rating_hourly', 'rating_value', 'ratings');
+CREATE TRIGGER request_interaction_hourly AFTER INSERT ON request_interaction
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION count_into_hourly('request_hourly', 'request_value', 'requests');
+
+-- ---------------------------------------------------------------- views for Tableau and SQL
+-- Stable names and columns: workbooks use these, so the tables underneath may change.
+-- Museum-local times are Europe/London (the kiosks' clock).
+
+-- One row per rating, flattened.
+CREATE VIEW v_rating AS
+SELECT ri.event_at                                                 AS event_at_utc,
+       ri.event_at AT TIME ZONE 'Europe/London'                    AS event_at_local,
+       (ri.event_at AT TIME ZONE 'Europe/London')::date            AS local_date,
+       extract(hour FROM ri.event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
+       extract(isodow FROM ri.event_at AT TIME ZONE 'Europe/London')::int AS local_weekday,
+       e.public_id                                                 AS exhibition_id,
+       e.exhibition_name,
+       f.floor_name                                                AS floor,
+       d.department_name                                           AS department,
+       ri.rating_value,
+       r.rating_description
+FROM rating_interaction ri
+JOIN exhibition e USING (exhibition_id)
+JOIN floor f USING (floor_id)
+JOIN department d USING (department_id)
+JOIN rating r USING (rating_value);
+
+-- One row per assistance or emergency request, flattened.
+CREATE VIEW v_request AS
+SELECT qi.event_at                                                 AS event_at_utc,
+       qi.event_at AT TIME ZONE 'Europe/London'                    AS event_at_local,
+       (qi.event_at AT TIME ZONE 'Europe/London')::date            AS local_date,
+       extract(hour FROM qi.event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
+       extract(isodow FROM qi.event_at AT TIME ZONE 'Europe/London')::int AS local_weekday,
+       e.public_id                                                 AS exhibition_id,
+       e.exhibition_name,
+       f.floor_name                                                AS floor,
+       d.department_name                                           AS department,
+       qi.request_value,
+       q.request_description,
+       qi.request_value = 1                                        AS is_emergency
+FROM request_interaction qi
+JOIN exhibition e USING (exhibition_id)
+JOIN floor f USING (floor_id)
+JOIN department d USING (department_id)
+JOIN request q USING (request_value);
+
+-- Presses per exhibition, museum-local day and hour from both rollups, by their integer keys:
+-- what the two views below group and name. Small whatever the size of the interaction tables.
+CREATE VIEW exhibition_hour_counts AS
+SELECT exhibition_id, local_date, local_hour,
+       sum(ratings) AS ratings, sum(ratings * rating_value) AS rating_sum,
+       coalesce(sum(ratings) FILTER (WHERE rating_value = 0), 0) AS terrible,
+       coalesce(sum(ratings) FILTER (WHERE rating_value = 1), 0) AS bad,
+       coalesce(sum(ratings) FILTER (WHERE rating_value = 2), 0) AS neutral,
+       coalesce(sum(ratings) FILTER (WHERE rating_value = 3), 0) AS good,
+       coalesce(sum(ratings) FILTER (WHERE rating_value = 4), 0) AS amazing,
+       0 AS assistance, 0 AS emergency
+FROM rating_hourly GROUP BY 1, 2, 3
+UNION ALL
+SELECT exhibition_id, local_date, local_hour, 0, 0, 0, 0, 0, 0, 0,
+       coalesce(sum(requests) FILTER (WHERE request_value = 0), 0),
+       coalesce(sum(requests) FILTER (WHERE request_value = 1), 0)
+FROM request_hourly GROUP BY 1, 2, 3;
+
+-- Per exhibition, museum-local day and hour: the counts both dashboards start from. Grouped by
+-- the integer keys first, named after: naming every hour first made an all-time read slow.
+CREATE VIEW v_exhibition_hourly AS
+SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
+       d.department_name AS department, c.local_date,
+       extract(isodow FROM c.local_date)::int AS local_weekday, c.local_hour,
+       c.ratings::bigint AS ratings,
+       round(c.rating_sum::numeric / nullif(c.ratings, 0), 3) AS mean_rating,
+       round(c.terrible::numeric / nullif(c.ratings, 0), 4) AS share_terrible,
+       round(c.bad::numeric / nullif(c.ratings, 0), 4) AS share_bad,
+       round(c.neutral::numeric / nullif(c.ratings, 0), 4) AS share_neutral,
+       round(c.good::numeric / nullif(c.ratings, 0), 4) AS share_good,
+       round(c.amazing::numeric / nullif(c.ratings, 0), 4) AS share_amazing,
+       c.assistance::bigint AS assistance, c.emergency::bigint AS emergency
+FROM (SELECT exhibition_id, local_date, local_hour, sum(ratings) AS ratings,
+             sum(rating_sum) AS rating_sum, sum(terrible) AS terrible, sum(bad) AS bad,
+             sum(neutral) AS neutral, sum(good) AS good, sum(amazing) AS amazing,
+             sum(assistance) AS assistance, sum(emergency) AS emergency
+      FROM exhibition_hour_counts GROUP BY 1, 2, 3) AS c
+JOIN exhibition e USING (exhibition_id)
+JOIN floor f USING (floor_id)
+JOIN department d USING (department_id);
+
+-- Per exhibition and museum-local day: the same counts, for trends.
+CREATE VIEW v_exhibition_daily AS
+SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
+       d.department_name AS department, c.local_date,
+       c.ratings::bigint AS ratings,
+       round(c.rating_sum::numeric / nullif(c.ratings, 0), 3) AS mean_rating,
+       round(c.terrible::numeric / nullif(c.ratings, 0), 4) AS share_terrible,
+       round(c.bad::numeric / nullif(c.ratings, 0), 4) AS share_bad,
+       round(c.neutral::numeric / nullif(c.ratings, 0), 4) AS share_neutral,
+       round(c.good::numeric / nullif(c.ratings, 0), 4) AS share_good,
+       round(c.amazing::numeric / nullif(c.ratings, 0), 4) AS share_amazing,
+       c.assistance::bigint AS assistance, c.emergency::bigint AS emergency
+FROM (SELECT exhibition_id, local_date, sum(ratings) AS ratings,
+             sum(rating_sum) AS rating_sum, sum(terrible) AS terrible, sum(bad) AS bad,
+             sum(neutral) AS neutral, sum(good) AS good, sum(amazing) AS amazing,
+             sum(assistance) AS assistance, sum(emergency) AS emergency
+      FROM exhibition_hour_counts GROUP BY 1, 2) AS c
+JOIN exhibition e USING (exhibition_id)
+JOIN floor f USING (floor_id)
+JOIN department d USING (department_id);
+
+-- Rejected messages per museum-local day and reason: the data-quality picture.
+CREATE VIEW v_rejects_daily AS
+SELECT (rejected_at AT TIME ZONE 'Europe/London')::date AS local_date, reason,
+       count(*)::bigint AS rejected
+FROM rejected_message
+GROUP BY 1, 2;
+
+-- Roles without passwords: lmnh_writer for the pipeline, lmnh_reader for Tableau.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_writer') THEN
+        CREATE ROLE lmnh_writer LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_reader') THEN
+        CREATE ROLE lmnh_reader LOGIN;
+    END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA public TO lmnh_writer, lmnh_reader;
+-- Tables and views alike: the reader reads everything and writes nothing.
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_writer;
+GRANT INSERT, UPDATE ON department, floor, exhibition TO lmnh_writer;
+GRANT INSERT ON rating_interaction, request_interaction, rejected_message TO lmnh_writer;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO lmnh_writer;
