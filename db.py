@@ -1,15 +1,20 @@
 """PostgreSQL access with psycopg2: connecting, the exhibition upsert, and the batch write.
 
 A batch is written in one transaction, each table's rows by one COPY straight into it. A row's
-primary key is where its message came from (source, partition, offset), so a batch holding a
-message already stored (a replay after a crash or a rebalance) fails on that key; it is then
-written again through temporary staging tables and INSERT ... ON CONFLICT DO NOTHING, which
-skips the stored rows. Either way a message never makes a second row, and the tables' trigger
-counts exactly the new rows into the hourly rollups.
+primary key is where its message came from (source, partition, offset). One verdict per
+message: the transaction first locks its partitions' rows in `source_progress`, whose
+`next_offset` says every message below it has a stored verdict; a message below the mark (a
+replay after a crash, a rebalance or an offset reset) is written only if none of the three
+tables holds it, so the first stored verdict stands whatever a later judging says. The batch's
+emergencies get their alert rows (the outbox) in the same transaction. Should a COPY still meet
+a stored key (a database whose progress rows were removed by hand), the batch is written again
+through temporary staging tables and INSERT ... ON CONFLICT DO NOTHING. Either way a message
+never makes a second row, and the tables' trigger counts exactly the new rows into the rollups.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import struct
@@ -22,6 +27,7 @@ from typing import Any, NamedTuple
 import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
+from psycopg2.extras import execute_values
 
 from s3_metadata import Exhibition
 from validation import Rating, Request
@@ -87,11 +93,43 @@ class Rejected(NamedTuple):
     source_offset: int
 
 
+class OutboxAlert(NamedTuple):
+    """An emergency's alert as the outbox holds it; sent_at is None while it is pending."""
+
+    source: str
+    source_partition: int
+    source_offset: int
+    pressed_at: datetime
+    subject: str
+    message: str
+    sent_at: datetime | None = None
+
+
+Partition = tuple[str, int]  # (source, source_partition)
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     ratings_inserted: int
     requests_inserted: int
     new_emergencies: tuple[Interaction, ...]
+    already_judged: int = 0  # messages dropped: a verdict for them was stored before
+
+
+@dataclass(frozen=True, slots=True)
+class ExhibitionConflict:
+    """An exhibition number the metadata now gives another name or department: the stored
+    exhibition is kept, so the rows already stored keep theirs."""
+
+    stored_name: str
+    stored_department: str
+    new: Exhibition
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    conflicts: tuple[ExhibitionConflict, ...] = ()
+    refused: tuple[tuple[Exhibition, str], ...] = ()  # (exhibition, the database's reason)
 
 
 def open_connection(settings: DatabaseSettings, application_name: str) -> Connection:
@@ -136,44 +174,71 @@ def apply_schema(conn: Connection) -> None:
             cur.execute((here / name).read_text())
 
 
-def upsert_exhibitions(conn: Connection, exhibitions: Iterable[Exhibition]) -> None:
-    """Make the exhibition, department and floor tables match the metadata, in one transaction."""
+def upsert_exhibitions(conn: Connection, exhibitions: Iterable[Exhibition]) -> UpsertResult:
+    """Make the exhibition, department and floor tables match the metadata, in one transaction.
+
+    An exhibition whose number is stored under another name or department is left as stored
+    (reported as a conflict); one the database refuses (a value it cannot hold) is skipped and
+    reported, so a bad file never stops the others.
+    """
+    conflicts: list[ExhibitionConflict] = []
+    refused: list[tuple[Exhibition, str]] = []
     with conn, conn.cursor() as cur:
         for exhibition in exhibitions:
-            cur.execute(
-                "INSERT INTO department (department_name) VALUES (%s) ON CONFLICT DO NOTHING",
-                (exhibition.department,),
-            )
-            cur.execute(
-                "INSERT INTO floor (floor_name) VALUES (%s) ON CONFLICT DO NOTHING",
-                (exhibition.floor,),
-            )
-            cur.execute(
-                """
-                INSERT INTO exhibition (exhibition_id, public_id, exhibition_name,
-                                        exhibition_description, start_date, department_id, floor_id)
-                VALUES (%(number)s, %(public_id)s, %(name)s, %(description)s, %(start_date)s,
-                        (SELECT department_id FROM department
-                         WHERE department_name = %(department)s),
-                        (SELECT floor_id FROM floor WHERE floor_name = %(floor)s))
-                ON CONFLICT (exhibition_id) DO UPDATE SET
-                    public_id = EXCLUDED.public_id,
-                    exhibition_name = EXCLUDED.exhibition_name,
-                    exhibition_description = EXCLUDED.exhibition_description,
-                    start_date = EXCLUDED.start_date,
-                    department_id = EXCLUDED.department_id,
-                    floor_id = EXCLUDED.floor_id
-                """,
-                {
-                    "number": exhibition.number,
-                    "public_id": exhibition.public_id,
-                    "name": exhibition.name,
-                    "description": exhibition.description,
-                    "start_date": exhibition.start_date,
-                    "department": exhibition.department,
-                    "floor": exhibition.floor,
-                },
-            )
+            cur.execute("SAVEPOINT exhibition")
+            try:
+                stored = _upsert_exhibition(cur, exhibition)
+            except (psycopg2.DataError, psycopg2.IntegrityError,
+                    psycopg2.errors.ProgramLimitExceeded) as error:
+                cur.execute("ROLLBACK TO SAVEPOINT exhibition")
+                refused.append((exhibition, " ".join(str(error).split())))
+                continue
+            if stored is not None:
+                conflicts.append(ExhibitionConflict(*stored, exhibition))
+    return UpsertResult(tuple(conflicts), tuple(refused))
+
+
+def _upsert_exhibition(cur: psycopg2.extensions.cursor,
+                       exhibition: Exhibition) -> tuple[str, str] | None:
+    """Insert or update one exhibition; return the stored (name, department) when they differ
+    from the metadata's, in which case nothing is changed."""
+    cur.execute(
+        "SELECT e.exhibition_name, d.department_name FROM exhibition e"
+        " JOIN department d USING (department_id) WHERE e.exhibition_id = %s",
+        (exhibition.number,))
+    stored = cur.fetchone()
+    if stored is not None and tuple(stored) != (exhibition.name, exhibition.department):
+        return (stored[0], stored[1])
+    cur.execute("INSERT INTO department (department_name) VALUES (%s) ON CONFLICT DO NOTHING",
+                (exhibition.department,))
+    cur.execute("INSERT INTO floor (floor_name) VALUES (%s) ON CONFLICT DO NOTHING",
+                (exhibition.floor,))
+    cur.execute(
+        """
+        INSERT INTO exhibition (exhibition_id, public_id, exhibition_name,
+                                exhibition_description, start_date, department_id, floor_id)
+        VALUES (%(number)s, %(public_id)s, %(name)s, %(description)s, %(start_date)s,
+                (SELECT department_id FROM department WHERE department_name = %(department)s),
+                (SELECT floor_id FROM floor WHERE floor_name = %(floor)s))
+        ON CONFLICT (exhibition_id) DO UPDATE SET
+            public_id = EXCLUDED.public_id,
+            exhibition_name = EXCLUDED.exhibition_name,
+            exhibition_description = EXCLUDED.exhibition_description,
+            start_date = EXCLUDED.start_date,
+            department_id = EXCLUDED.department_id,
+            floor_id = EXCLUDED.floor_id
+        """,
+        {
+            "number": exhibition.number,
+            "public_id": exhibition.public_id,
+            "name": exhibition.name,
+            "description": exhibition.description,
+            "start_date": exhibition.start_date,
+            "department": exhibition.department,
+            "floor": exhibition.floor,
+        },
+    )
+    return None
 
 
 # COPY's binary format: a header, then per row a field count and each field as its length and
@@ -246,22 +311,163 @@ REJECTS = Table("rejected_message", Rejected._fields, _encode_rejected)
 
 def write_interactions(conn: Connection, ratings: Sequence[Interaction],
                        requests: Sequence[Interaction],
-                       rejects: Sequence[Rejected] = ()) -> WriteResult:
-    """Write one batch in one transaction; return what was new (replays insert nothing)."""
+                       rejects: Sequence[Rejected] = (),
+                       alerts: Sequence[OutboxAlert] = (),
+                       sent: Sequence[OutboxAlert] = ()) -> WriteResult:
+    """Write one batch in one transaction; return what was new.
+
+    `alerts` are the batch's emergencies' alerts: each newly stored emergency's is recorded
+    (pending unless its sent_at is set). `sent` are alerts SNS has accepted since the last
+    write, from any batch: marked sent (an alert already marked keeps its first time).
+    """
     batch = [(table, rows) for table, rows in ((RATINGS, ratings), (REQUESTS, requests),
                                                (REJECTS, rejects)) if rows]
     try:
         with conn, conn.cursor() as cur:
-            for table, rows in batch:
-                table.copy(cur, rows)
-        return _result(len(ratings), list(requests))
-    except psycopg2.errors.UniqueViolation:  # a replay, rolled back: write what is not stored
+            return _write(cur, batch, alerts, sent, Table.copy)
+    except psycopg2.errors.UniqueViolation:  # rolled back: write what is not stored
         with conn, conn.cursor() as cur:
-            inserted = {table: table.insert_new(cur, rows) for table, rows in batch}
-        return _result(len(inserted.get(RATINGS, [])),
-                       [Interaction._make(row) for row in inserted.get(REQUESTS, [])])
+            return _write(cur, batch, alerts, sent, Table.insert_new)
 
 
-def _result(new_ratings: int, new_requests: list[Interaction]) -> WriteResult:
-    return WriteResult(new_ratings, len(new_requests),
-                       tuple(row for row in new_requests if row.value == EMERGENCY))
+def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, Sequence[Any]]],
+           alerts: Sequence[OutboxAlert], sent: Sequence[OutboxAlert],
+           insert: Callable[[Table, psycopg2.extensions.cursor, Sequence[Any]], Any],
+           ) -> WriteResult:
+    spans = _spans(rows for _, rows in batch)
+    marks = _lock_progress(cur, spans)
+    written: dict[Table, Sequence[Any]] = {}
+    already_judged = 0
+    replayed = any(low < marks[key] for key, (low, _) in spans.items())
+    for table, rows in batch:
+        if replayed:
+            kept = _unjudged(cur, rows, marks)
+            already_judged += len(rows) - len(kept)
+            rows = kept
+        if rows:
+            returned = insert(table, cur, rows)
+            written[table] = rows if returned is None else returned
+    _advance_progress(cur, spans)
+    new_requests = [Interaction._make(row) for row in written.get(REQUESTS, ())]
+    new_emergencies = tuple(row for row in new_requests if row.value == EMERGENCY)
+    stored = {(r.source, r.source_partition, r.source_offset) for r in new_emergencies}
+    outbox = {alert[:3]: alert for alert in alerts if alert[:3] in stored}
+    for alert in sent:
+        earlier = outbox.get(alert[:3])
+        outbox[alert[:3]] = alert if earlier is None else earlier._replace(
+            sent_at=earlier.sent_at or alert.sent_at)
+    if outbox:
+        _record_alerts(cur, list(outbox.values()))
+    return WriteResult(len(written.get(RATINGS, ())), len(new_requests), new_emergencies,
+                       already_judged)
+
+
+def _spans(tables: Iterable[Sequence[Any]]) -> dict[Partition, tuple[int, int]]:
+    """(lowest offset, highest offset + 1) of each source partition in the batch."""
+    spans: dict[Partition, tuple[int, int]] = {}
+    for rows in tables:
+        for row in rows:
+            key, offset = (row.source, row.source_partition), row.source_offset
+            low, high = spans.get(key, (offset, offset + 1))
+            spans[key] = (min(low, offset), max(high, offset + 1))
+    return spans
+
+
+def _lock_progress(cur: psycopg2.extensions.cursor,
+                   spans: dict[Partition, tuple[int, int]]) -> dict[Partition, int]:
+    """Lock the batch's progress rows (in key order: no deadlock between two writers) and
+    return each partition's next_offset; a new partition starts at 0."""
+    if not spans:
+        return {}
+    keys = sorted(spans)
+    cur.execute(
+        "INSERT INTO source_progress AS p (source, source_partition, next_offset)"
+        " SELECT s, n, 0 FROM unnest(%s::text[], %s::int[]) AS k(s, n) ORDER BY s, n"
+        " ON CONFLICT (source, source_partition) DO UPDATE SET next_offset = p.next_offset"
+        " RETURNING source, source_partition, next_offset",
+        ([k[0] for k in keys], [k[1] for k in keys]))
+    return {(source, partition): mark for source, partition, mark in cur.fetchall()}
+
+
+def _unjudged(cur: psycopg2.extensions.cursor, rows: Sequence[Any],
+              marks: dict[Partition, int]) -> list[Any]:
+    """The rows to write: those past their partition's mark, and those below it that no table
+    holds (a message the consumer skipped, then read after an offset reset)."""
+    below: dict[Partition, list[int]] = {}
+    for row in rows:
+        key = (row.source, row.source_partition)
+        if row.source_offset < marks[key]:
+            below.setdefault(key, []).append(row.source_offset)
+    if not below:
+        return list(rows)
+    stored: set[tuple[str, int, int]] = set()
+    for (source, partition), offsets in below.items():
+        for table in ("rating_interaction", "request_interaction", "rejected_message"):
+            cur.execute(sql.SQL(
+                "SELECT source_offset FROM {} WHERE source = %s AND source_partition = %s"
+                " AND source_offset = ANY(%s)").format(sql.Identifier(table)),
+                (source, partition, offsets))
+            stored.update((source, partition, offset) for (offset,) in cur.fetchall())
+    return [row for row in rows
+            if (row.source, row.source_partition, row.source_offset) not in stored]
+
+
+def _advance_progress(cur: psycopg2.extensions.cursor,
+                      spans: dict[Partition, tuple[int, int]]) -> None:
+    if not spans:
+        return
+    keys = sorted(spans)
+    cur.execute(
+        "UPDATE source_progress p SET next_offset = greatest(p.next_offset, v.n)"
+        " FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS v(s, pa, n)"
+        " WHERE p.source = v.s AND p.source_partition = v.pa",
+        ([k[0] for k in keys], [k[1] for k in keys], [spans[k][1] for k in keys]))
+
+
+def _record_alerts(cur: psycopg2.extensions.cursor, alerts: list[OutboxAlert]) -> None:
+    """Insert alerts, or mark them sent; a time already recorded is never replaced."""
+    execute_values(
+        cur,
+        "INSERT INTO emergency_alert AS a (source, source_partition, source_offset, pressed_at,"
+        " subject, message, sent_at) VALUES %s"
+        " ON CONFLICT (source, source_partition, source_offset)"
+        " DO UPDATE SET sent_at = coalesce(a.sent_at, EXCLUDED.sent_at)",
+        sorted(alerts), template="(%s, %s, %s, %s, %s, %s, %s::timestamptz)")
+
+
+def mark_alerts_sent(conn: Connection, sent: Sequence[OutboxAlert]) -> None:
+    """Record alerts SNS accepted, outside any batch (when no batch is being written)."""
+    with conn, conn.cursor() as cur:
+        _record_alerts(cur, list(sent))
+
+
+def pending_alerts(conn: Connection, recorded_before: datetime | None = None,
+                   ) -> list[OutboxAlert]:
+    """Alerts recorded but not sent (optionally only those recorded before a time), oldest
+    press first."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT source, source_partition, source_offset, pressed_at, subject, message,"
+            " sent_at FROM emergency_alert WHERE sent_at IS NULL"
+            " AND recorded_at < coalesce(%s::timestamptz, 'infinity') ORDER BY pressed_at",
+            (recorded_before,))
+        return [OutboxAlert._make(row) for row in cur.fetchall()]
+
+
+def judged_marks(settings: DatabaseSettings, partitions: Sequence[Partition],
+                 timeout_s: int = 2) -> dict[Partition, int]:
+    """Each partition's next_offset (missing: nothing judged yet), read on a connection of its
+    own that gives up within about `timeout_s` seconds."""
+    quick = dataclasses.replace(settings, connect_timeout_s=max(2, timeout_s),
+                                statement_timeout_ms=timeout_s * 1000)
+    conn = open_connection(quick, "lmnh-pipeline-marks")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT source, source_partition, next_offset FROM source_progress"
+                " WHERE (source, source_partition) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::int[]))",
+                ([p[0] for p in partitions], [p[1] for p in partitions]))
+            return {(source, partition): mark for source, partition, mark in cur.fetchall()}
+    finally:
+        conn.close()

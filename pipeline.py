@@ -1,9 +1,12 @@
 """The LMNH kiosk pipeline: Kafka topic -> validation -> PostgreSQL, with rejects logged.
 
 Run `python pipeline.py` (configured by the environment and `.env`; see .env.example). Each
-batch flows one way: messages, verdicts, reject-log lines, one database transaction, then the
-offset commit, so a crash at any moment replays at most the batch in hand, and the rows'
-source key (topic, partition, offset) turns the replay into a no-op. Stop it with SIGTERM or Ctrl-C.
+batch flows one way: messages, verdicts, emergency alerts handed to the sender, reject-log
+lines, one database transaction, then the offset commit, so a crash at any moment replays at
+most the batches not yet written, and the rows' source key (topic, partition, offset) with the
+per-partition progress mark turns the replay into a no-op. While the database is away, judged
+batches wait in a bounded buffer (the partitions pause when it is full) and alerts still go
+out. Stop it with SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,20 +19,27 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_exponential,
+)
 
 import db
 import validation
-from alerts import EmergencyAlerts
+from alerts import Alert, AlertSender, emergency_alert
 from reject_log import RejectLog, format_reject_line
 from s3_metadata import METADATA_ERRORS, Exhibition, load_exhibitions, s3_client
 from settings import PipelineSettings, read_settings
@@ -37,6 +47,9 @@ from validation import Rating, Reason, Rejection, Rules
 
 log = logging.getLogger("pipeline")
 SWITCH_INTERVAL_S = 0.0002  # see tune_interpreter
+HEALTHY_WRITE_WAIT_S = 1.0  # how long judging waits for the previous batch's write, at most
+ALERT_RESCAN_S = 60.0  # how often the outbox is read for alerts pending elsewhere
+CLOSE_ALERTS_S = 5.0  # how long a stop waits for queued alerts to go
 T = TypeVar("T")
 
 
@@ -108,14 +121,16 @@ class Stats:
         self.rejected.update(r.reason.value for r in batch.rejects)
         self.rows_written += result.ratings_inserted + result.requests_inserted
 
-    def line(self) -> str:
+    def line(self, alerts: AlertSender | None = None) -> str:
         reasons = " ".join(f"{reason}={n}" for reason, n in sorted(self.rejected.items()))
         lag = "unknown" if self.lag is None else str(self.lag)
         accepted = self.ratings + self.assistance + self.emergency
         return (f"stats: consumed={self.consumed} accepted={accepted}"
                 f" (ratings={self.ratings} assistance={self.assistance} emergency={self.emergency})"
                 f" rejected={sum(self.rejected.values())} [{reasons}] written={self.rows_written}"
-                f" lag={lag}")
+                f" lag={lag}"
+                + ("" if alerts is None else
+                   f" alerts: sent={alerts.sent} pending={alerts.pending} failed={alerts.failed}"))
 
 
 class StopFlag:
@@ -132,12 +147,21 @@ class StopFlag:
         self.event.set()
 
 
-class Pipeline:
-    """Owns the consumer, the database connection and the reject log for the daemon's life.
+class Unwritten(NamedTuple):
+    """A judged batch handed to the writer thread, and what its write will return."""
 
-    One batch is written on the writer thread while the next is consumed and judged on the
-    main thread; a batch's offsets are committed, in order, once its transaction has committed.
-    Only the writer thread touches the connection while a write is in flight.
+    batch: JudgedBatch
+    write: Future[db.WriteResult]
+
+
+class Pipeline:
+    """Owns the consumer, the database connection, the reject log and the alert sender.
+
+    Batches are written on the writer thread, in order, while the next are consumed and judged
+    on the main thread; a batch's offsets are committed, in order, once its transaction has
+    committed. Judging waits for the previous write while the database answers (one batch in
+    flight), and runs ahead into a bounded buffer while it does not. Every database call after
+    start-up runs on the writer thread (it alone owns the connection).
     """
 
     def __init__(self, settings: PipelineSettings, exhibitions: dict[int, Exhibition],
@@ -151,12 +175,22 @@ class Pipeline:
         self.kafka_down_since: float | None = None  # monotonic time every broker went away
         self.pending_offsets: dict[tuple[str, int], int] = {}
         self.reject_log = RejectLog(settings.REJECT_LOG)
-        self.alerts = EmergencyAlerts(settings.ALERT_SNS_TOPIC_ARN, exhibitions,
-                                      self.rules.museum_tz)
+        self.alerts = AlertSender(settings.ALERT_SNS_TOPIC_ARN)
+        # Each assigned partition's stored progress mark, read at assignment: an emergency
+        # below it has a stored verdict (and its alert, sent or pending, in the outbox).
+        self.marks: dict[tuple[str, int], int] = {}
+        self.database_down = threading.Event()
         self.conn: db.Connection | None = None
-        self._with_database(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
+        self._log_upsert(self._with_database(
+            lambda conn: db.upsert_exhibitions(conn, exhibitions.values())))
+        self.alerts.submit(_alerts(self._with_database(db.pending_alerts)))
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
-        self.in_flight: tuple[JudgedBatch, Future[db.WriteResult]] | None = None
+        self.unwritten: deque[Unwritten] = deque()
+        self.buffered = 0  # messages in self.unwritten
+        self.paused = False
+        # Writer-thread work besides the batches, and what to do with its result when done.
+        self.chores: list[tuple[Future[Any], Callable[[Any], None]]] = []
+        self.next_rescan = time.monotonic() + ALERT_RESCAN_S
         self.consumer = Consumer(settings.kafka() | {
             "error_cb": self._on_kafka_error,
             "stats_cb": self._on_kafka_stats,
@@ -171,11 +205,15 @@ class Pipeline:
             wait=wait_exponential(multiplier=0.5, max=30),
             stop=stop_when_event_set(self.stopping.event),
             sleep=self.stopping.event.wait,
-            before_sleep=lambda state: log.warning(
-                "database unavailable (%s); retrying in %.1fs",
-                _one_line(state.outcome.exception()), state.next_action.sleep),
+            before_sleep=self._database_unavailable,
             reraise=True,
         )
+
+    def _database_unavailable(self, state: RetryCallState) -> None:
+        self.database_down.set()
+        log.warning("database unavailable (%s); retrying in %.1fs",
+                    _one_line(state.outcome.exception() if state.outcome else None),
+                    state.next_action.sleep if state.next_action else 0.0)
 
     def _with_database(self, work: Callable[[db.Connection], T]) -> T:
         """Run `work` on the connection, reconnecting and retrying while the database is away.
@@ -190,30 +228,48 @@ class Pipeline:
                     if reconnecting:
                         log.info("database connection re-established")
                 try:
-                    return work(self.conn)
+                    result = work(self.conn)
                 except db.CONNECTION_ERRORS:
                     self.conn.close()
                     raise
+                self.database_down.clear()
+                return result
         raise AssertionError("unreachable")  # pragma: no cover - Retrying returns or raises
 
     def _refresh_exhibitions(self) -> None:
-        """Pick up exhibitions added to (or removed from) the bucket; keep the last good set."""
+        """Pick up exhibitions added to (or removed from) the bucket; keep the last good set.
+
+        The upsert is queued on the writer thread ahead of the batches judged with the new set,
+        so it never waits for the database here; it cannot fail on the new set (the loader
+        keeps only exhibitions the database can hold), and if it fails anyway it is logged.
+        """
         try:
-            exhibitions = load_metadata(self.settings)
+            exhibitions = load_metadata(self.settings, self.exhibitions)
         except METADATA_ERRORS as error:
             log.warning("exhibition refresh failed, keeping the %d loaded: %s",
                         len(self.exhibitions), _one_line(error))
             return
         if exhibitions == self.exhibitions:
             return
-        self._finish_in_flight()  # the connection is the writer's until then
-        self._with_database(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
+        upsert = self.writer.submit(self._with_database,
+                                    lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
+        self.chores.append((upsert, self._log_upsert))
         added = sorted(e.public_id for n, e in exhibitions.items() if n not in self.exhibitions)
         removed = sorted(e.public_id for n, e in self.exhibitions.items() if n not in exhibitions)
-        self.exhibitions = self.alerts.exhibitions = exhibitions
+        self.exhibitions = exhibitions
         self.rules = self.settings.rules(frozenset(exhibitions))
         log.info("exhibitions refreshed: %d loaded; added %s; removed %s", len(exhibitions),
                  ", ".join(added) or "none", ", ".join(removed) or "none")
+
+    def _log_upsert(self, result: db.UpsertResult) -> None:
+        for conflict in result.conflicts:
+            log.warning("%s is now %r (%s) in the bucket but the database holds %r (%s) under"
+                        " that number; keeping the stored exhibition, so its rows keep it",
+                        conflict.new.public_id, conflict.new.name, conflict.new.department,
+                        conflict.stored_name, conflict.stored_department)
+        for exhibition, reason in result.refused:
+            log.warning("exhibition %s not stored, the database refuses it: %s",
+                        exhibition.public_id, reason)
 
     # ---- Kafka callbacks (run inside consume())
     def _on_kafka_error(self, error: KafkaError) -> None:
@@ -248,13 +304,24 @@ class Pipeline:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._kafka_answered()
         log.info("assigned partitions %s", _partition_list(partitions))
+        keys = [(p.topic, p.partition) for p in partitions]
+        try:
+            marks = db.judged_marks(self.settings.database(), keys)
+        except psycopg2.Error as error:  # alert every emergency read: a duplicate, not a loss
+            log.warning("cannot read the stored progress (%s); emergencies read again may be"
+                        " alerted again", _one_line(error))
+            marks = {}
+        for key in keys:
+            self.marks[key] = marks.get(key, 0)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked partitions %s", _partition_list(partitions))
         revoked = {(p.topic, p.partition) for p in partitions}
-        self._finish_in_flight()
+        self._collect_written(wait_s=None)
         for key in revoked:
             self.pending_offsets.pop(key, None)
+            self.marks.pop(key, None)
+        self.paused = False  # a new assignment starts unpaused
 
     def _commit_pending(self) -> None:
         """Commit the offsets of every batch already written; on failure keep them for next time."""
@@ -290,9 +357,10 @@ class Pipeline:
                 if messages:
                     self.process(messages)
                 else:
-                    self._finish_in_flight()
+                    self._collect_written(wait_s=0)
+                self._chores()
                 if time.monotonic() >= next_stats:
-                    log.info("%s", self.stats.line())
+                    log.info("%s", self.stats.line(self.alerts))
                     next_stats = time.monotonic() + self.settings.STATS_INTERVAL_S
                 if time.monotonic() >= next_refresh:
                     self._refresh_exhibitions()
@@ -310,47 +378,148 @@ class Pipeline:
 
     def process(self, messages: Sequence[Message]) -> None:
         batch = judge_batch(messages, self.rules, datetime.now(UTC))
+        alerts = self._alerts_for(r for r in batch.requests if r.value == db.EMERGENCY)
+        # Sent whatever becomes of the write; not for a press whose verdict is already stored.
+        self.alerts.submit(a for a in alerts
+                           if a.source_offset >= self.marks.get((a.source, a.source_partition), 0))
         logged_at = datetime.now(UTC)
         self.reject_log.write([format_reject(r, logged_at) for r in batch.rejects])
         rejected = [db.Rejected(r.reason, logged_at, r.topic, r.partition, r.offset)
                     for r in batch.rejects]
-        self._finish_in_flight()
+        healthy = not self.database_down.is_set()
+        self._collect_written(wait_s=HEALTHY_WRITE_WAIT_S if healthy else 0)
         if self.stopping:  # this batch is not written; it is replayed after the restart
             return
-        self.in_flight = (batch, self.writer.submit(
-            self._with_database,
-            lambda conn: db.write_interactions(conn, batch.ratings, batch.requests, rejected)))
+        outbox = [db.OutboxAlert(*alert) for alert in alerts]
+        self.unwritten.append(Unwritten(batch, self.writer.submit(
+            self._with_database, lambda conn: self._write(conn, batch, rejected, outbox))))
+        self.buffered += _size(batch)
+        if self.buffered >= self.settings.WRITE_BUFFER_MESSAGES and not self.paused:
+            self.paused = True
+            self.consumer.pause(self.consumer.assignment())
+            log.warning("%d judged messages wait for the database; consumption pauses until"
+                        " they are written", self.buffered)
 
-    def _finish_in_flight(self) -> None:
-        """Wait for the batch being written, then count it and commit its offsets."""
-        if self.in_flight is None:
-            return
-        batch, write = self.in_flight
-        self.in_flight = None
+    def _write(self, conn: db.Connection, batch: JudgedBatch, rejected: list[db.Rejected],
+               outbox: list[db.OutboxAlert]) -> db.WriteResult:
+        """One batch's transaction, recording with it every alert SNS accepted meanwhile."""
+        sent = self.alerts.take_sent()
         try:
-            result = write.result()
-        except db.CONNECTION_ERRORS:
-            log.warning("stopping before the database came back; the batch will be replayed")
+            return db.write_interactions(
+                conn, batch.ratings, batch.requests, rejected, outbox,
+                [db.OutboxAlert(*alert, sent_at=at) for alert, at in sent])
+        except BaseException:
+            self.alerts.give_back(sent)
+            raise
+
+    def _alerts_for(self, presses: Iterable[db.Interaction]) -> list[Alert]:
+        return [emergency_alert(press, self.exhibitions.get(press.exhibition_id),
+                                self.rules.museum_tz) for press in presses]
+
+    def _collect_written(self, wait_s: float | None) -> None:
+        """Count the batches written, oldest first, and commit their offsets; wait up to
+        `wait_s` seconds (None: for ever) for the oldest one's write."""
+        done = 0
+        while self.unwritten:
+            batch, write = self.unwritten[0]
+            if not wait_for([write], timeout=wait_s if done == 0 else 0).done:
+                break
+            self.unwritten.popleft()
+            self.buffered -= _size(batch)
+            done += 1
+            try:
+                result = write.result()
+            except (*db.CONNECTION_ERRORS, CancelledError):
+                log.warning("stopping before the database came back; the batch will be replayed")
+                self._abandon_unwritten()
+                return
+            # A newly stored emergency that was not alerted from memory (its partition's mark
+            # said it was judged, yet no table held it): alert it now.
+            self.alerts.submit(self._alerts_for(result.new_emergencies))
+            self.stats.add(batch, result)
+            self.pending_offsets.update(batch.next_offsets)
+        if done:
+            self._commit_pending()
+        if self.paused and self.buffered <= self.settings.WRITE_BUFFER_MESSAGES // 2:
+            self.paused = False
+            self.consumer.resume(self.consumer.assignment())
+            log.info("the database caught up; consumption resumes")
+
+    def _abandon_unwritten(self) -> None:
+        """Stopping while the database is away: nothing more is written or committed."""
+        for _, write in self.unwritten:
+            write.cancel()
+        self.unwritten.clear()
+        self.buffered = 0
+
+    def _chores(self) -> None:
+        """Finish the writer's other work; record the alerts SNS accepted when no batch will
+        (none is queued), and now and then read the outbox for alerts left pending elsewhere
+        (by a process that died or lost its partitions)."""
+        for chore in [c for c in self.chores if c[0].done()]:
+            self.chores.remove(chore)
+            work, then = chore
+            try:
+                then(work.result())
+            except psycopg2.Error as error:  # e.g. an exhibition refresh the database refused
+                log.warning("database work off the batches failed: %s", _one_line(error))
+        if self.chores or self.database_down.is_set():
             return
-        self.alerts.send(result.new_emergencies)
-        self.stats.add(batch, result)
-        self.pending_offsets.update(batch.next_offsets)
-        self._commit_pending()
+        rescan = time.monotonic() >= self.next_rescan
+        if rescan or (self.alerts.has_unrecorded() and not self.unwritten):
+            if rescan:
+                self.next_rescan = time.monotonic() + ALERT_RESCAN_S
+            self.chores.append((self.writer.submit(self._record_and_rescan, rescan),
+                                lambda pending: self.alerts.submit(_alerts(pending))))
+
+    def _record_and_rescan(self, rescan: bool) -> list[db.OutboxAlert]:
+        """On the writer thread, one attempt: a database away now is tried again later."""
+        sent = self.alerts.take_sent()
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = db.connect(self.settings.database())
+            if sent:
+                db.mark_alerts_sent(self.conn, [db.OutboxAlert(*a, sent_at=at) for a, at in sent])
+            if not rescan:
+                return []
+            return db.pending_alerts(self.conn,
+                                     datetime.now(UTC) - timedelta(seconds=ALERT_RESCAN_S))
+        except db.CONNECTION_ERRORS:
+            self.alerts.give_back(sent)
+            if self.conn is not None:
+                self.conn.close()
+            return []
+        except BaseException:
+            self.alerts.give_back(sent)
+            raise
 
     def close(self) -> None:
+        if self.database_down.is_set() and self.stopping:
+            for _, write in self.unwritten:  # the one being retried gives up by itself
+                write.cancel()
         try:
-            self._finish_in_flight()
+            self._collect_written(wait_s=None)
         except psycopg2.Error as error:
             log.error("database error, the batch in hand is not written: %s", _one_line(error))
-        self.writer.shutdown()
-        log.info("%s", self.stats.line())
+        self.alerts.close(CLOSE_ALERTS_S if self.alerts.pending else 0)
+        if self.alerts.has_unrecorded() and not self.database_down.is_set():
+            self.writer.submit(self._record_and_rescan, False).result()
+        self.writer.shutdown(cancel_futures=True)
+        log.info("%s", self.stats.line(self.alerts))
         self._commit_pending()
         self.consumer.close()
-        self.alerts.close()
         self.reject_log.close()
         if self.conn is not None:
             self.conn.close()
         log.info("stopped cleanly")
+
+
+def _size(batch: JudgedBatch) -> int:
+    return len(batch.ratings) + len(batch.requests) + len(batch.rejects)
+
+
+def _alerts(outbox: Iterable[db.OutboxAlert]) -> list[Alert]:
+    return [Alert(*row[:6]) for row in outbox]
 
 
 def _partition_list(partitions: list[TopicPartition]) -> str:
@@ -361,8 +530,9 @@ def _one_line(error: BaseException | None) -> str:
     return " ".join(str(error).split()) if error else "unknown error"
 
 
-def load_metadata(settings: PipelineSettings) -> dict[int, Exhibition]:
-    return load_exhibitions(s3_client(), settings.S3_BUCKET)
+def load_metadata(settings: PipelineSettings,
+                  loaded: dict[int, Exhibition] | None = None) -> dict[int, Exhibition]:
+    return load_exhibitions(s3_client(), settings.S3_BUCKET, loaded)
 
 
 def check(settings: PipelineSettings) -> int:

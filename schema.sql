@@ -5,7 +5,8 @@
 -- re-applied whole after every migration.
 
 DROP TABLE IF EXISTS rating_interaction, request_interaction, rejected_message, rating_hourly,
-    request_hourly, exhibition, department, floor, rating, request CASCADE;
+    request_hourly, exhibition, department, floor, rating, request, emergency_alert,
+    source_progress CASCADE;
 
 CREATE TABLE department (
     department_id   SMALLINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -102,4 +103,31 @@ CREATE TABLE request_hourly (
     request_value SMALLINT NOT NULL REFERENCES request,
     requests      BIGINT NOT NULL,
     PRIMARY KEY (local_date, exhibition_id, local_hour, request_value)
+);
+
+-- Emergency alerts, recorded with the press (same transaction) and marked when SNS accepts the
+-- message: sent_at is NULL while the alert is pending. The words are stored, so an alert sent
+-- after a restart says what the first attempt would have said. Same source key as the press.
+CREATE TABLE emergency_alert (
+    source           TEXT NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset    BIGINT NOT NULL,
+    pressed_at       TIMESTAMPTZ NOT NULL,
+    subject          TEXT NOT NULL,
+    message          TEXT NOT NULL,
+    recorded_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    sent_at          TIMESTAMPTZ,
+    PRIMARY KEY (source, source_partition, source_offset)
+);
+CREATE INDEX emergency_alert_pending_idx ON emergency_alert (pressed_at) WHERE sent_at IS NULL;
+
+-- One verdict per message: every message of a source's partition below next_offset has been
+-- judged and its verdict stored (in exactly one of the three tables above). Each batch locks
+-- and advances its partitions' rows in its own transaction; a message below the mark is
+-- written only if no table holds it yet (a message the consumer once skipped).
+CREATE TABLE source_progress (
+    source           TEXT NOT NULL,
+    source_partition INTEGER NOT NULL,
+    next_offset      BIGINT NOT NULL,
+    PRIMARY KEY (source, source_partition)
 );

@@ -63,7 +63,9 @@ JOIN floor f USING (floor_id)
 JOIN department d USING (department_id)
 JOIN rating r USING (rating_value);
 
--- One row per assistance or emergency request, flattened.
+-- One row per assistance or emergency request, flattened. alert_sent_at: when SNS accepted the
+-- emergency's alert (NULL while pending, and for assistance or presses stored before alerts
+-- were recorded); alert_pending: an emergency whose alert is not sent yet.
 CREATE VIEW v_request AS
 SELECT qi.event_at                                                 AS event_at_utc,
        qi.event_at AT TIME ZONE 'Europe/London'                    AS event_at_local,
@@ -76,12 +78,17 @@ SELECT qi.event_at                                                 AS event_at_u
        d.department_name                                           AS department,
        qi.request_value,
        q.request_description,
-       qi.request_value = 1                                        AS is_emergency
+       qi.request_value = 1                                        AS is_emergency,
+       a.sent_at                                                   AS alert_sent_at,
+       coalesce(qi.request_value = 1 AND a.sent_at IS NULL AND a.source IS NOT NULL, false)
+                                                                   AS alert_pending
 FROM request_interaction qi
 JOIN exhibition e USING (exhibition_id)
 JOIN floor f USING (floor_id)
 JOIN department d USING (department_id)
-JOIN request q USING (request_value);
+JOIN request q USING (request_value)
+LEFT JOIN emergency_alert a ON (a.source, a.source_partition, a.source_offset)
+                             = (qi.source, qi.source_partition, qi.source_offset);
 
 -- Presses per exhibition, museum-local day and hour from both rollups, by their integer keys:
 -- what the two views below group and name. Small whatever the size of the interaction tables.
@@ -170,4 +177,5 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_writer;
 GRANT INSERT, UPDATE ON department, floor, exhibition TO lmnh_writer;
 GRANT INSERT ON rating_interaction, request_interaction, rejected_message TO lmnh_writer;
+GRANT INSERT, UPDATE ON emergency_alert, source_progress TO lmnh_writer;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO lmnh_writer;

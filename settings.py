@@ -152,6 +152,8 @@ class PipelineSettings(BackfillSettings, KafkaEnvironment):
     STATS_INTERVAL_S: int = Field(60, ge=1)
     METADATA_REFRESH_S: int = Field(600, ge=1)
     ALERT_SNS_TOPIC_ARN: str | None = Field(None, pattern=r"^arn:[^:]+:sns:")
+    # Judged messages held while the database is away; the partitions pause at this bound.
+    WRITE_BUFFER_MESSAGES: int = Field(50_000, ge=1)
 
 
 class DashboardSettings(DatabaseEnvironment):
