@@ -51,8 +51,8 @@ class Alert(NamedTuple):
 def one_line(text: str, limit: int) -> str:
     """`text` without control characters or line breaks, whitespace runs as one space, cut to
     `limit` characters (an ellipsis marks a cut)."""
-    kept = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
-                   else c for c in text)
+    kept = "".join(" " if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in
+                   ("Zl", "Zp") else c for c in text)
     flat = " ".join(kept.split())
     return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
 
@@ -157,7 +157,8 @@ class AlertSender:
                     botocore.exceptions.ClientError) as error:
                 self.failed += 1
                 waited = time.monotonic() - queued_at
-                if waited >= PENDING_ERROR_S and time.monotonic() - last_error_log >= 60:
+                if waited >= PENDING_ERROR_S and (
+                        time.monotonic() - last_error_log >= PENDING_ERROR_S):
                     last_error_log = time.monotonic()
                     log.error("alert pending for %.0f s, SNS still refuses (%s): %s",
                               waited, " ".join(str(error).split()), alert.subject)
