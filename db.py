@@ -313,28 +313,34 @@ def write_interactions(conn: Connection, ratings: Sequence[Interaction],
                        requests: Sequence[Interaction],
                        rejects: Sequence[Rejected] = (),
                        alerts: Sequence[OutboxAlert] = (),
-                       sent: Sequence[OutboxAlert] = ()) -> WriteResult:
+                       sent: Sequence[OutboxAlert] = (),
+                       spans: dict[Partition, tuple[int, int]] | None = None) -> WriteResult:
     """Write one batch in one transaction; return what was new.
 
     `alerts` are the batch's emergencies' alerts: each newly stored emergency's is recorded
     (pending unless its sent_at is set). `sent` are alerts SNS has accepted since the last
     write, from any batch: marked sent (an alert already marked keeps its first time).
+    `spans`, each partition's (lowest offset, highest offset + 1) in the batch, saves a pass
+    over the rows when the caller knows them (the daemon does; it may include partitions whose
+    messages made no row).
     """
     batch = [(table, rows) for table, rows in ((RATINGS, ratings), (REQUESTS, requests),
                                                (REJECTS, rejects)) if rows]
+    if spans is None:
+        spans = _spans(rows for _, rows in batch)
     try:
         with conn, conn.cursor() as cur:
-            return _write(cur, batch, alerts, sent, Table.copy)
+            return _write(cur, batch, spans, alerts, sent, Table.copy)
     except psycopg2.errors.UniqueViolation:  # rolled back: write what is not stored
         with conn, conn.cursor() as cur:
-            return _write(cur, batch, alerts, sent, Table.insert_new)
+            return _write(cur, batch, spans, alerts, sent, Table.insert_new)
 
 
 def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, Sequence[Any]]],
+           spans: dict[Partition, tuple[int, int]],
            alerts: Sequence[OutboxAlert], sent: Sequence[OutboxAlert],
            insert: Callable[[Table, psycopg2.extensions.cursor, Sequence[Any]], Any],
            ) -> WriteResult:
-    spans = _spans(rows for _, rows in batch)
     marks = _lock_progress(cur, spans)
     written: dict[Table, Sequence[Any]] = {}
     already_judged = 0

@@ -74,6 +74,11 @@ class JudgedBatch:
     requests: list[db.Interaction] = field(default_factory=list)
     rejects: list[RejectedMessage] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def spans(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """Each partition's (first offset, last offset + 1) in the batch."""
+        return {key: (self.first_offsets[key], end) for key, end in self.next_offsets.items()}
 
 
 def judge_batch(messages: Sequence[Message], rules: Rules, now: datetime) -> JudgedBatch:
@@ -91,6 +96,7 @@ def judge_batch(messages: Sequence[Message], rules: Rules, now: datetime) -> Jud
             rows = batch.ratings if type(verdict) is Rating else batch.requests
             rows.append(db.Interaction.of(verdict, topic, partition, offset))
         batch.next_offsets[(topic, partition)] = offset + 1
+        batch.first_offsets.setdefault((topic, partition), offset)
     return batch
 
 
@@ -407,7 +413,7 @@ class Pipeline:
         try:
             return db.write_interactions(
                 conn, batch.ratings, batch.requests, rejected, outbox,
-                [db.OutboxAlert(*alert, sent_at=at) for alert, at in sent])
+                [db.OutboxAlert(*alert, sent_at=at) for alert, at in sent], batch.spans())
         except BaseException:
             self.alerts.give_back(sent)
             raise
