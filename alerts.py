@@ -119,12 +119,6 @@ class AlertSender:
                               key=lambda item: item[:2])
             self._lock.notify()
 
-    def forget(self, keys: Iterable[Key]) -> None:
-        """Drop queued alerts that turned out to need no sending (already sent by another)."""
-        drop = set(keys)
-        with self._lock:
-            self._queue = [item for item in self._queue if item[1] not in drop]
-
     def take_sent(self) -> list[tuple[Alert, datetime]]:
         """The alerts SNS accepted since the last call, with when; the caller records them
         (and gives them back with `give_back` if it could not)."""
