@@ -24,7 +24,7 @@ import hashlib
 import sys
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from settings import DatabaseEnvironment, read_settings
@@ -191,27 +191,19 @@ PG_TYPES = {  # PostgreSQL type -> (Tableau datatype, remote-type, default aggre
 }
 
 
-def _place(*, hour: bool) -> tuple[Field, ...]:
-    fields = [
-        Field("exhibition_id", "Exhibition ID", "text"),
-        Field("exhibition_name", "Exhibition", "text"),
-        Field("floor", "Floor", "text"),
-        Field("department", "Department", "text"),
-        Field("local_date", "Date (museum time)", "date", kind="ordinal"),
-    ]
-    if hour:
-        fields += [Field("local_weekday", "Weekday (1 = Monday)", "integer", kind="ordinal"),
-                   Field("local_hour", "Hour (museum time)", "integer", kind="ordinal")]
-    return tuple(fields)
-
-
 RATING_VALUES = ("terrible", "bad", "neutral", "good", "amazing")
 
 EXHIBITION_HOURLY = DataSource(
     view="v_exhibition_hourly",
     caption="Exhibitions by hour",
     fields=(
-        *_place(hour=True),
+        Field("exhibition_id", "Exhibition ID", "text"),
+        Field("exhibition_name", "Exhibition", "text"),
+        Field("floor", "Floor", "text"),
+        Field("department", "Department", "text"),
+        Field("local_date", "Date (museum time)", "date", kind="ordinal"),
+        Field("local_weekday", "Weekday (1 = Monday)", "integer", kind="ordinal"),
+        Field("local_hour", "Hour (museum time)", "integer", kind="ordinal"),
         Field("ratings", "Ratings", "bigint", "measure", "quantitative", INTEGER),
         Field("mean_rating", "Mean rating of the hour", "numeric", "measure", "quantitative",
               MEAN, hidden=True),
@@ -340,12 +332,8 @@ def worksheets() -> tuple[Worksheet, ...]:
     """Every sheet once, each with the filters of the dashboard that shows it."""
     sheets: list[Worksheet] = []
     for board in DASHBOARDS:
-        sheets += [_with_filters(sheet, board.filters) for sheet in board.sheets]
+        sheets += [replace(sheet, filters=board.filters) for sheet in board.sheets]
     return (*sheets, REJECTS_BY_DAY)
-
-
-def _with_filters(sheet: Worksheet, filters: tuple[Use, ...]) -> Worksheet:
-    return Worksheet(**{**sheet.__dict__, "filters": filters})
 
 
 # ------------------------------------------------------------------ writing the XML
@@ -570,25 +558,29 @@ def _dashboard(parent: ET.Element, board: Dashboard, sheets: dict[str, Worksheet
     _sub(element, "style")
     _sub(element, "size", maxheight="1000", maxwidth="1600", minheight="800", minwidth="1200",
          sizing_mode="range")
+    # Tiled, as Tableau lays out a new dashboard: the title and the sheets two by two on the
+    # left (the last sheet of an odd count takes the whole row), the filters down the right.
     zones, ids = _sub(element, "zones"), []
     root = _zone(zones, ids, 0, 0, ZONE, ZONE, type_v2="layout-basic")
-    title_h, side_w = 6000, 18000
-    _zone(root, ids, 0, 0, ZONE, title_h, type_v2="title")
-    body_h, grid_w = ZONE - title_h, ZONE - side_w
-    columns = 2
-    rows = -(-len(board.sheets) // columns)
-    cell_w, cell_h = grid_w // columns, body_h // rows
-    for index, sheet in enumerate(board.sheets):
-        row, col = divmod(index, columns)
-        width = grid_w if index == len(board.sheets) - 1 and col == 0 else cell_w
-        _zone(root, ids, col * cell_w, title_h + row * cell_h, width, cell_h, name=sheet.name)
-    side = _zone(root, ids, grid_w, title_h, side_w, body_h, param="vert",
+    grid_w, title_h = ZONE - 18_000, 6_000
+    across = _zone(root, ids, 0, 0, ZONE, ZONE, param="horz", type_v2="layout-flow")
+    left = _zone(across, ids, 0, 0, grid_w, ZONE, param="vert", type_v2="layout-flow")
+    _zone(left, ids, 0, 0, grid_w, title_h, type_v2="title")
+    pairs = [board.sheets[i:i + 2] for i in range(0, len(board.sheets), 2)]
+    row_h = (ZONE - title_h) // len(pairs)
+    for number, pair in enumerate(pairs):
+        y = title_h + number * row_h
+        row = _zone(left, ids, 0, y, grid_w, row_h, param="horz", type_v2="layout-flow")
+        for index, sheet in enumerate(pair):
+            width = grid_w // len(pair)
+            _zone(row, ids, index * width, y, width, row_h, name=sheet.name)
+    side = _zone(across, ids, grid_w, 0, ZONE - grid_w, ZONE, param="vert",
                  type_v2="layout-flow")
     anchor = sheets[board.sheets[0].name]
-    filter_h = body_h // len(board.filters)
+    filter_h = ZONE // len(board.filters)
     for index, use in enumerate(board.filters):
         mode = "slider" if use.kind == "quantitative" else "checkdropdown"
-        _zone(side, ids, grid_w, title_h + index * filter_h, side_w, filter_h, mode=mode,
+        _zone(side, ids, grid_w, index * filter_h, ZONE - grid_w, filter_h, mode=mode,
               name=anchor.name, param=_ref(anchor, use), type_v2="filter", values="database")
     _simple_id(element, "dashboard", board.name)
 
