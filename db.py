@@ -47,11 +47,15 @@ class DatabaseSettings:
 
     @property
     def effective_sslmode(self) -> str:
-        """TLS is required unless asked otherwise or the server is on this machine."""
-        if self.sslmode:
-            return self.sslmode
-        is_local = self.host in LOCAL_HOSTS or self.host.startswith("/")
-        return "prefer" if is_local else "require"
+        return effective_sslmode(self.host, self.sslmode)
+
+
+def effective_sslmode(host: str, sslmode: str | None) -> str:
+    """TLS is required unless asked otherwise or the server is on this machine."""
+    if sslmode:
+        return sslmode
+    is_local = host in LOCAL_HOSTS or host.startswith("/")
+    return "prefer" if is_local else "require"
 
 
 class Interaction(NamedTuple):

@@ -233,9 +233,12 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
 
 
 def reset(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    path = f"{Path(psql_path()).parent}:{os.environ['PATH']}"
+    """reset_database.sh with the test server's superuser as its administrator role."""
+    path = f"{Path(sys.executable).parent}:{Path(psql_path()).parent}:{os.environ['PATH']}"
+    admin = {"DATABASE_ADMIN_USERNAME": env.get("DATABASE_USERNAME", ""),
+             "PGPASSWORD": env.get("DATABASE_PASSWORD", "")}
     return subprocess.run(["bash", str(ROOT / "reset_database.sh"), *args],
-                          env={"PATH": path, "HOME": os.environ.get("HOME", "/")} | env,
+                          env={"PATH": path, "HOME": os.environ.get("HOME", "/")} | admin | env,
                           capture_output=True, text=True, timeout=60)
 
 
