@@ -81,10 +81,10 @@ def judge_batch(messages: Sequence[Message], rules: Rules, now: datetime) -> Jud
     return batch
 
 
-def format_reject(reject: RejectedMessage, logged_at: datetime) -> str:
+def format_reject(reject: RejectedMessage, logged_at: datetime, max_value_bytes: int) -> str:
     return format_reject_line(logged_at, reject.reason,
                               f"{reject.topic}/{reject.partition}/{reject.offset}",
-                              reject.detail, reject.value)
+                              reject.detail, reject.value, max_value_bytes)
 
 
 # ---------------------------------------------------------------- the imperative shell
@@ -150,7 +150,7 @@ class Pipeline:
         self.fatal_error: KafkaError | None = None
         self.kafka_down_since: float | None = None  # monotonic time every broker went away
         self.pending_offsets: dict[tuple[str, int], int] = {}
-        self.reject_log = RejectLog(settings.REJECT_LOG)
+        self.reject_log = RejectLog(settings.REJECT_LOG, settings.REJECT_LOG_MAX_VALUE_BYTES)
         self.alerts = EmergencyAlerts(settings.ALERT_SNS_TOPIC_ARN, exhibitions,
                                       self.rules.museum_tz)
         self.conn: db.Connection | None = None
@@ -311,7 +311,8 @@ class Pipeline:
     def process(self, messages: Sequence[Message]) -> None:
         batch = judge_batch(messages, self.rules, datetime.now(UTC))
         logged_at = datetime.now(UTC)
-        self.reject_log.write([format_reject(r, logged_at) for r in batch.rejects])
+        limit = self.reject_log.max_value_bytes
+        self.reject_log.write([format_reject(r, logged_at, limit) for r in batch.rejects])
         rejected = [db.Rejected(r.reason, logged_at, r.topic, r.partition, r.offset)
                     for r in batch.rejects]
         self._finish_in_flight()

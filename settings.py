@@ -147,6 +147,9 @@ class BackfillSettings(DatabaseEnvironment, MuseumEnvironment):
 
     S3_BUCKET: str = Field(min_length=3)
     REJECT_LOG: Path = Path("erroneous_data.log")
+    # Bytes of a rejected value kept in its reject-log line (its length and SHA-256 always are):
+    # a flood of big junk then writes a few KiB a message, not the message.
+    REJECT_LOG_MAX_VALUE_BYTES: int = Field(4096, ge=0, le=1_048_576)
     BATCH_SIZE: int = Field(5000, ge=1, le=100_000)
 
 

@@ -120,7 +120,7 @@ def test_the_real_capture_end_to_end(broker: Broker, database: Database,
     reasons = Counter(line.split("\t")[1] for line in lines)
     assert reasons == {"invalid_val": 231, "invalid_type": 217, "unknown_site": 200,
                        "missing_key": 152, "outside_hours": 73}
-    assert all(len(line.split("\t")) == 5 for line in lines)
+    assert all(len(line.split("\t")) == 7 for line in lines)
     output = run.text()
     assert "loaded 6 exhibitions" in output
     assert "stats: consumed=5018 accepted=4145" in output
