@@ -118,6 +118,27 @@ def open_connection(settings: DatabaseSettings, application_name: str) -> Connec
     )
 
 
+class TlsState(NamedTuple):
+    """How a connection reaches the server: `verified` only when libpq checked both the
+    certificate chain and that the certificate names the host (sslmode verify-full)."""
+
+    sslmode: str
+    protocol: str | None  # None: no TLS
+    verified: bool
+
+    def describe(self) -> str:
+        if self.protocol is None:
+            return f"no TLS (sslmode={self.sslmode})"
+        identity = "server identity verified" if self.verified else "server identity NOT verified"
+        return f"{self.protocol} (sslmode={self.sslmode}, {identity})"
+
+
+def tls_state(conn: Connection, settings: DatabaseSettings) -> TlsState:
+    protocol = conn.info.ssl_attribute("protocol") if conn.info.ssl_in_use else None
+    return TlsState(settings.effective_sslmode, protocol,
+                    protocol is not None and settings.effective_sslmode == "verify-full")
+
+
 def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:
     """The writer's connection, with its session's staging tables for replayed batches."""
     conn = open_connection(settings, application_name)

@@ -133,6 +133,9 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int
     settings: Mapping[str, str] = field(default_factory=dict)
+    # Other server binaries, e.g. Debian's /usr/lib/postgresql/15/bin (built with TLS, which
+    # the pip package's are not); they must be reachable by PG_SYSTEM_USER.
+    bin_dir: Path | None = None
 
     @property
     def cluster_dir(self) -> Path:
@@ -140,6 +143,8 @@ class EmbeddedPostgres:
         return _private_home(self.data_dir) / "data" if _as_root() else self.data_dir
 
     def _tool(self, name: str) -> str:
+        if self.bin_dir is not None:
+            return str(self.bin_dir / name)
         if _as_root():
             install = _pg_bin().parent
             return str(_private_home(self.data_dir) / "site" / install.parent.name / install.name

@@ -372,16 +372,23 @@ def check(settings: PipelineSettings) -> int:
     def s3() -> str:
         return f"{len(load_metadata(settings))} exhibitions in s3://{settings.S3_BUCKET}"
 
+    warnings: list[str] = []
+
     def database() -> str:
         conn = db.connect(settings.database(), application_name="lmnh-pipeline-check")
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM exhibition")
                 count = cur.fetchone()[0]
+            tls = db.tls_state(conn, settings.database())
         finally:
             conn.close()
+        if not tls.verified:
+            warnings.append("database: the server's identity is not verified; in production set "
+                            "DATABASE_SSLMODE=verify-full and DATABASE_SSLROOTCERT (README)")
         return (f"{settings.DATABASE_IP}:{settings.DATABASE_PORT}/{settings.DATABASE_NAME}"
-                f" as {settings.DATABASE_USERNAME}, schema present, {count} exhibitions stored")
+                f" as {settings.DATABASE_USERNAME}, schema present, {count} exhibitions stored,"
+                f" {tls.describe()}")
 
     def kafka() -> str:
         consumer = Consumer(settings.kafka() | {"logger": logging.getLogger("kafka")})
@@ -400,6 +407,8 @@ def check(settings: PipelineSettings) -> int:
         except Exception as error:  # each failure is reported; none stops the other checks
             failures += 1
             print(f"FAIL  {name}: {_one_line(error)}", flush=True)
+    for warning in warnings:
+        print(f"WARN  {warning}", flush=True)
     return 1 if failures else 0
 
 
