@@ -31,8 +31,9 @@ import confluent_kafka
 from confluent_kafka import Producer
 
 PG_SUPERUSER = "postgres"
-# PostgreSQL refuses to run as root; when we are root it runs as this system user.
-PG_SYSTEM_USER = "lmnh_pg"
+# PostgreSQL refuses to run as root; when we are root it runs as this existing user (adding one
+# would change the system), in a private folder of its own.
+PG_SYSTEM_USER = "nobody"
 
 
 def free_port() -> int:
@@ -59,20 +60,20 @@ def _as_root() -> bool:
     return os.geteuid() == 0
 
 
+def _system_account() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        message = f"no user {PG_SYSTEM_USER!r} to run PostgreSQL as (it refuses to run as root)"
+        raise RuntimeError(message) from None
+
+
 def _pg_identity() -> dict[str, object]:
     """subprocess arguments that run a server tool as PG_SYSTEM_USER (and its group) when root."""
     if not _as_root():
         return {}
-    return {"user": PG_SYSTEM_USER, "group": PG_SYSTEM_USER, "extra_groups": []}
-
-
-def _ensure_system_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(PG_SYSTEM_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER],
-                       check=True, capture_output=True)
-        return pwd.getpwnam(PG_SYSTEM_USER)
+    account = _system_account()
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -96,7 +97,7 @@ def _private_home(requested: Path) -> Path:
 
 def _prepare_private_home(requested: Path) -> None:
     """Create the private folder (refusing one someone else made) and copy the binaries in."""
-    account = _ensure_system_user()
+    account = _system_account()
     home = _private_home(requested)
     with contextlib.suppress(FileExistsError):
         home.mkdir(mode=0o700)
