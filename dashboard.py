@@ -68,6 +68,10 @@ def museum_now() -> datetime:
     return datetime.now(museum_zone())
 
 
+def museum_today() -> date:
+    return museum_now().date()
+
+
 def connect(settings: db.DatabaseSettings) -> Connection:
     """A read-only session; each refresh reads one snapshot (one repeatable-read transaction)."""
     conn = db.open_connection(replace(settings, statement_timeout_ms=STATEMENT_TIMEOUT_MS),
@@ -606,7 +610,7 @@ def page_for(viewer: auth.Viewer | None, reading: Reading, signed_in: bool,
     """The page of one viewer: only the parts their roles may see."""
     if viewer is None:
         return html.Div()
-    today = museum_now().date()
+    today = museum_today()
     exhibitions = reading.snapshot.exhibitions if reading.snapshot else []
     who = [html.Span(f"{viewer.name} ", id="viewer"),
            html.A("Sign out", href="/logout", id="logout")] if signed_in else []
