@@ -531,8 +531,7 @@ def status_line(reading: Reading, refresh_s: int) -> tuple[str, dict[str, str]]:
                 f"(every {refresh_s} s)", {"color": "#616161"})
     since = snap.read_at if snap is not None else reading.failing_since
     assert since is not None
-    return (f"Data stale since {since:%H:%M:%S} museum time: the figures below are not being "
-            "updated.", RED)
+    return f"Data stale since {since:%H:%M:%S} museum time (the figures below are from then).", RED
 
 
 def weekly_ratings_figure(trend: Weekly) -> go.Figure:

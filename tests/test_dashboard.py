@@ -532,7 +532,8 @@ def anonymous_status(url: str, method: str = "GET", body: bytes | None = None) -
 
 def callback_body(outputs: list[tuple[str, str]]) -> dict[str, Any]:
     """The request Dash's renderer sends for a callback fired by the refresh tick."""
-    return {"output": "".join(f"..{i}.{p}.." for i, p in outputs) if len(outputs) > 1
+    return {"output": "..." .join(f"{i}.{p}" for i, p in outputs).join(("..", ".."))
+            if len(outputs) > 1
             else f"{outputs[0][0]}.{outputs[0][1]}",
             "outputs": [{"id": i, "property": p} for i, p in outputs] if len(outputs) > 1
             else {"id": outputs[0][0], "property": outputs[0][1]},
@@ -550,7 +551,7 @@ REJECTS_CALLBACK = callback_body([("rejects-panel", "children")])
 
 def shown_day(page: Any) -> date:
     """The museum day the page says it shows ("Monday 23 November 2026, updated ...")."""
-    page.wait_for_function("document.querySelector('#status')?.innerText.includes('updated')",
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes(', updated ')",
                            timeout=30_000)
     return datetime.strptime(page.inner_text("#status").split(",")[0], "%A %d %B %Y").date()
 
@@ -643,13 +644,16 @@ def test_each_role_sees_its_part_through_gunicorn(stored: tuple[Database, date],
 def check_the_whole_page(page: Any, database: Database, data_day: date) -> None:
     """An admin's page: every panel, each against SQL for the day the page shows."""
     day = shown_day(page)
-    page.wait_for_selector("#rejects tbody tr", timeout=30_000)
+    for panel in ("#rejects-panel", "#ratings-panel", "#emergencies-panel"):
+        page.wait_for_function(f"document.querySelector('{panel}')?.innerText.length > 0",
+                               timeout=30_000)
     page.wait_for_function("document.querySelector('#requests-by-hour .js-plotly-plot')"
                            "?.data?.length > 0", timeout=30_000)
     assert rows(page, "#emergencies") == [list(row) for row in sql_emergencies(database, day)]
     emergencies_then = sum(1 for _, value, ago, _ in REQUESTS
                            if value == EMERGENCY and data_day - timedelta(days=ago) == day)
-    assert f"{emergencies_then} emergencies today" in page.inner_text("#emergencies-panel")
+    assert (f"{emergencies_then} emergencies today" if emergencies_then else
+            "No emergencies today") in page.inner_text("#emergencies-panel")
 
     means = {name: f"{mean:.2f} ({count})"
              for name, (mean, count) in sql_mean_ratings(database, day, day).items()}
@@ -678,11 +682,12 @@ def check_the_filters_and_trends(page: Any, database: Database) -> None:
     page.get_by_label(NAMES[2]).uncheck()
     expected = sql_weekly_means(database, first, last, names)
     page.wait_for_function(
-        """([names, first]) => {
+        """([names, first, last]) => {
             const data = document.querySelector('#weekly-ratings .js-plotly-plot')?.data ?? [];
             return JSON.stringify(data.map(t => t.name).sort()) === JSON.stringify(names)
-                && data.length > 0 && data[0].x[0] === first;}""",
-        [sorted(expected), dashboard.monday(first).isoformat()], timeout=30_000)
+                && data.length > 0 && data[0].x[0] === first && data[0].x.at(-1) === last;}""",
+        arg=[sorted(expected), dashboard.monday(first).isoformat(),
+             dashboard.monday(last).isoformat()], timeout=30_000)
     for name, trace in traces(page, "weekly-ratings").items():
         shown = {week: mean for week, mean in zip(trace["x"], trace["y"], strict=True)
                  if mean is not None}
@@ -699,11 +704,17 @@ def check_the_filters_and_trends(page: Any, database: Database) -> None:
             assert mean == dashboard.NONE
         else:
             assert abs(float(mean) - expected_mean) <= 0.006, name
-    requests = traces(page, "weekly-requests")
-    for name, value in (("Assistance", ASSISTANCE), ("Emergency", EMERGENCY)):
-        trace = requests[name]
-        assert {w: n for w, n in zip(trace["x"], trace["y"], strict=True) if n} == \
-            sql_weekly_requests(database, first, last, names, value), name
+    expected_requests = {name: sql_weekly_requests(database, first, last, names, value)
+                         for name, value in (("Assistance", ASSISTANCE),
+                                             ("Emergency", EMERGENCY))}
+
+    def requests_shown() -> dict[str, dict[str, int]]:
+        return {name: {w: n for w, n in zip(trace["x"], trace["y"], strict=True) if n}
+                for name, trace in traces(page, "weekly-requests").items()}
+
+    # Each filter change fires the callback again: wait for the last one's answer.
+    wait_until(lambda: requests_shown() == expected_requests, 30,
+               f"weekly requests {expected_requests}", interval=0.5)
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOT, full_page=True)
 
@@ -737,6 +748,7 @@ def test_with_the_database_away_the_page_says_stale_since_and_nothing_else(
         page.goto(url)
         day = shown_day(page)
         page.wait_for_selector("#rejects tbody tr", timeout=30_000)
+        emergencies = [list(r) for r in sql_emergencies(database, day)]
         set_connections(database, False)
         try:
             page.wait_for_function(
@@ -749,14 +761,13 @@ def test_with_the_database_away_the_page_says_stale_since_and_nothing_else(
                            database.server.user, "FATAL", "connection", "accepting"):
                 assert secret not in body, secret
             # The panels keep what they last showed.
-            assert rows(page, "#emergencies") == \
-                [list(r) for r in sql_emergencies(database, day)]
+            assert rows(page, "#emergencies") == emergencies
             wait_until(lambda: "cannot read the database" in log_path.read_text(), 30,
                        "the server's log line")
         finally:
             set_connections(database, True)
         page.wait_for_function(
-            "document.querySelector('#status').innerText.includes('updated')", timeout=60_000)
+            "document.querySelector('#status').innerText.includes(', updated ')", timeout=60_000)
         browser.close()
     log = log_path.read_text()
     assert log.count("cannot read the database") == 1, log  # one line per fault, not per refresh
