@@ -772,3 +772,130 @@ def test_with_the_database_away_the_page_says_stale_since_and_nothing_else(
     log = log_path.read_text()
     assert log.count("cannot read the database") == 1, log  # one line per fault, not per refresh
     assert database.name in log and "readable again" in log
+
+
+# ---------------------------------------------------------------- OIDC, against a local provider
+
+CLIENT_ID, CLIENT_SECRET = "lmnh-dashboard", "client-secret-for-the-test-only"
+GUARDS_GROUP = "5d1a0c3e-guards"  # Entra ID puts group object ids in the claim
+
+
+class LocalProvider:
+    """A minimal OpenID provider (authorization code flow, RS256 ID tokens): it signs in
+    `self.claims` without asking, and checks the client's secret, code and redirect address."""
+
+    def __init__(self, dashboard_url: str) -> None:
+        from flask import Flask, jsonify, redirect, request
+        from joserfc import jwt
+        from joserfc.jwk import RSAKey
+        from werkzeug.serving import make_server
+
+        self.claims: dict[str, Any] = {}
+        self.tokens_issued = 0
+        key = RSAKey.generate_key(2048, parameters={"kid": "test-key"})
+        codes: dict[str, str] = {}
+        app = Flask("provider")
+        self.port = free_port()
+        issuer = f"http://127.0.0.1:{self.port}"
+        callback = dashboard_url + "auth/callback"
+        self.discovery_url = issuer + "/.well-known/openid-configuration"
+
+        @app.get("/.well-known/openid-configuration")
+        def discovery() -> Any:
+            return jsonify(issuer=issuer, authorization_endpoint=issuer + "/authorize",
+                           token_endpoint=issuer + "/token", jwks_uri=issuer + "/jwks",
+                           response_types_supported=["code"], subject_types_supported=["public"],
+                           id_token_signing_alg_values_supported=["RS256"])
+
+        @app.get("/jwks")
+        def jwks() -> Any:
+            return jsonify(keys=[key.as_dict(private=False)])
+
+        @app.get("/authorize")
+        def authorize() -> Any:
+            args = request.args
+            if (args.get("client_id"), args.get("redirect_uri"),
+                    args.get("response_type")) != (CLIENT_ID, callback, "code"):
+                return "bad authorization request", 400
+            code = os.urandom(16).hex()
+            codes[code] = args["nonce"]
+            return redirect(f"{callback}?code={code}&state={args['state']}")
+
+        @app.post("/token")
+        def token() -> Any:
+            client = request.authorization
+            nonce = codes.pop(request.form.get("code", ""), None)
+            if client is None or (client.username, client.password) != (CLIENT_ID,
+                                                                        CLIENT_SECRET):
+                return jsonify(error="invalid_client"), 401
+            if nonce is None or request.form.get("redirect_uri") != callback:
+                return jsonify(error="invalid_grant"), 400
+            now = int(datetime.now().timestamp())
+            id_token = jwt.encode({"alg": "RS256", "kid": "test-key"},
+                                  {"iss": issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 300,
+                                   "nonce": nonce} | self.claims, key)
+            self.tokens_issued += 1
+            return jsonify(access_token=os.urandom(8).hex(), token_type="Bearer",
+                           expires_in=300, id_token=id_token)
+
+        self._server = make_server("127.0.0.1", self.port, app, threaded=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LocalProvider:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_oidc_sign_in_maps_the_providers_groups_to_roles(stored: tuple[Database, date],
+                                                        tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    database, _ = stored
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with LocalProvider(url) as provider:
+        env = dashboard_env(database, DASHBOARD_SECRET_KEY=SECRET_KEY,
+                            DASHBOARD_OIDC_DISCOVERY_URL=provider.discovery_url,
+                            DASHBOARD_OIDC_CLIENT_ID=CLIENT_ID,
+                            DASHBOARD_OIDC_CLIENT_SECRET=CLIENT_SECRET,
+                            DASHBOARD_GROUP_SECURITY=GUARDS_GROUP)
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+                   "--workers", "1", "--threads", "4", "--pythonpath", str(ROOT),
+                   "dashboard:wsgi()"]
+        with served(command, env, tmp_path, url) as log_path, sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                                 args=CHROMIUM_FLAGS)
+
+            def sign_in_with_provider(claims: dict[str, Any]) -> Any:
+                provider.claims = claims
+                page = browser.new_context().new_page()
+                page.goto(url)
+                assert page.url == url + "login" and page.locator("#username").count() == 0
+                page.click("#login-oidc")
+                return page
+
+            guard = sign_in_with_provider({"sub": "u-1", "preferred_username": "g.guard",
+                                           "groups": ["other-group", GUARDS_GROUP]})
+            day = shown_day(guard)
+            guard.wait_for_selector("#emergencies-panel h2", timeout=30_000)
+            assert rows(guard, "#emergencies") == [list(r) for r in sql_emergencies(database, day)]
+            assert guard.inner_text("#viewer").strip() == "g.guard"
+            for hidden in ("#ratings-panel", "#weekly-ratings", "#rejects-panel"):
+                assert guard.locator(hidden).count() == 0, hidden
+            assert post_from_page(guard, "/_dash-update-component", RATINGS_CALLBACK) == 403
+
+            outsider = sign_in_with_provider({"sub": "u-2", "preferred_username": "visitor",
+                                              "groups": ["other-group"]})
+            outsider.wait_for_selector("#login-error")
+            assert "none of the dashboard's groups" in outsider.inner_text("#login-error")
+            assert post_from_page(outsider, "/_dash-update-component", REQUESTS_CALLBACK) == 401
+            browser.close()
+        assert provider.tokens_issued == 2
+    log = log_path.read_text()
+    assert "signed in: g.guard (security)" in log and "'visitor' is in no dashboard group" in log
+    assert CLIENT_SECRET not in log and SECRET_KEY not in log
