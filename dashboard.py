@@ -584,11 +584,15 @@ def default_first_day(today: date) -> date:
 
 
 def trends_panel(viewer: auth.Viewer, today: date, exhibitions: list[str]) -> html.Div:
-    date_input = {"type": "date", "debounce": False, "style": {"marginRight": "12px"}}
+    date_input = {"type": "date", "debounce": False,
+                  "style": {"width": "150px", "margin": "0 12px 0 6px", "display": "inline"}}
     filters = html.Div([
-        html.Label(["From ", dcc.Input(id="first-day", value=default_first_day(today).isoformat(),
-                                       **date_input)]),
-        html.Label(["to ", dcc.Input(id="last-day", value=today.isoformat(), **date_input)]),
+        html.Div([
+            html.Label(["From", dcc.Input(id="first-day",
+                                          value=default_first_day(today).isoformat(),
+                                          **date_input)]),
+            html.Label(["to", dcc.Input(id="last-day", value=today.isoformat(), **date_input)]),
+        ], style={"display": "flex", "alignItems": "center", "marginBottom": "6px"}),
         dcc.Checklist(id="exhibition-filter", options=exhibitions, value=exhibitions,
                       inline=True, inputStyle={"marginRight": "4px"},
                       labelStyle={"marginRight": "14px"}),
@@ -617,7 +621,7 @@ def page_for(viewer: auth.Viewer | None, reading: Reading, signed_in: bool,
         dcc.Interval(id="tick", interval=refresh_s * 1000),
         html.Div([html.H1("LMNH kiosks, live", style={"margin": "0 16px 0 0"}),
                   html.Span("Loading...", id="status", style={"flex": "1"}),
-                  html.Span(who)],
+                  html.Span(who, style={"marginLeft": "16px", "whiteSpace": "nowrap"})],
                  style={"display": "flex", "alignItems": "baseline", "marginBottom": "12px"}),
     ]
     if viewer.sees("requests"):

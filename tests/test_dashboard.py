@@ -27,6 +27,7 @@ import dashboard_auth as auth
 import db
 from embedded import free_port
 from s3_metadata import Exhibition
+from settings import DashboardSettings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -899,3 +900,9 @@ def test_oidc_sign_in_maps_the_providers_groups_to_roles(stored: tuple[Database,
     log = log_path.read_text()
     assert "signed in: g.guard (security)" in log and "'visitor' is in no dashboard group" in log
     assert CLIENT_SECRET not in log and SECRET_KEY not in log
+
+
+def test_env_example_lists_every_dashboard_setting() -> None:
+    named = {line.lstrip("# ").split("=", 1)[0]
+             for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line}
+    assert set(DashboardSettings.model_fields) <= named
