@@ -190,6 +190,9 @@ def install(server: Flask, config: AuthConfig) -> None:
         SESSION_COOKIE_SECURE=config.cookie_secure,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=config.session_hours),
+        # The cookie is set at sign-in only: the lifetime is absolute, and a refresh answered
+        # after a sign-out cannot set the signed-out session again.
+        SESSION_REFRESH_EACH_REQUEST=False,
     )
     manager = LoginManager(server)
     manager.session_protection = "strong"  # a session moved to another client is dropped

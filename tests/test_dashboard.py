@@ -553,7 +553,7 @@ REJECTS_CALLBACK = callback_body([("rejects-panel", "children")])
 def shown_day(page: Any) -> date:
     """The museum day the page says it shows ("Monday 23 November 2026, updated ...")."""
     page.wait_for_function("document.querySelector('#status')?.innerText.includes(', updated ')",
-                           timeout=30_000)
+                           timeout=60_000)
     return datetime.strptime(page.inner_text("#status").split(",")[0], "%A %d %B %Y").date()
 
 
@@ -613,7 +613,7 @@ def test_each_role_sees_its_part_through_gunicorn(stored: tuple[Database, date],
         guard.wait_for_selector("#emergencies-panel h2")
         assert rows(guard, "#emergencies") == [list(r) for r in sql_emergencies(database, day)]
         guard.wait_for_function("document.querySelector('#weekly-requests .js-plotly-plot')"
-                                "?.data?.length > 0", timeout=30_000)
+                                "?.data?.length > 0", timeout=60_000)
         for hidden in ("#ratings-panel", "#weekly-ratings", "#rejects-panel", "#ratings"):
             assert guard.locator(hidden).count() == 0, hidden
         assert post_from_page(guard, "/_dash-update-component", RATINGS_CALLBACK) == 403
@@ -647,9 +647,9 @@ def check_the_whole_page(page: Any, database: Database, data_day: date) -> None:
     day = shown_day(page)
     for panel in ("#rejects-panel", "#ratings-panel", "#emergencies-panel"):
         page.wait_for_function(f"document.querySelector('{panel}')?.innerText.length > 0",
-                               timeout=30_000)
+                               timeout=60_000)
     page.wait_for_function("document.querySelector('#requests-by-hour .js-plotly-plot')"
-                           "?.data?.length > 0", timeout=30_000)
+                           "?.data?.length > 0", timeout=60_000)
     assert rows(page, "#emergencies") == [list(row) for row in sql_emergencies(database, day)]
     emergencies_then = sum(1 for _, value, ago, _ in REQUESTS
                            if value == EMERGENCY and data_day - timedelta(days=ago) == day)
@@ -688,7 +688,7 @@ def check_the_filters_and_trends(page: Any, database: Database) -> None:
             return JSON.stringify(data.map(t => t.name).sort()) === JSON.stringify(names)
                 && data.length > 0 && data[0].x[0] === first && data[0].x.at(-1) === last;}""",
         arg=[sorted(expected), dashboard.monday(first).isoformat(),
-             dashboard.monday(last).isoformat()], timeout=30_000)
+             dashboard.monday(last).isoformat()], timeout=60_000)
     for name, trace in traces(page, "weekly-ratings").items():
         shown = {week: mean for week, mean in zip(trace["x"], trace["y"], strict=True)
                  if mean is not None}
@@ -697,7 +697,7 @@ def check_the_filters_and_trends(page: Any, database: Database) -> None:
             assert mean == pytest.approx(expected[name][week], abs=1e-3), (name, week)
     summary = sql_mean_ratings(database, first, last, names)
     page.wait_for_function(f"document.querySelectorAll('#range-ratings tbody tr').length"
-                           f" === {len(names)}", timeout=30_000)
+                           f" === {len(names)}", timeout=60_000)
     for name, count, mean in rows(page, "#range-ratings"):
         expected_mean, expected_count = summary.get(name, (None, 0))
         assert int(count) == expected_count, name
@@ -748,7 +748,7 @@ def test_with_the_database_away_the_page_says_stale_since_and_nothing_else(
         page = browser.new_page()
         page.goto(url)
         day = shown_day(page)
-        page.wait_for_selector("#rejects tbody tr", timeout=30_000)
+        page.wait_for_selector("#rejects tbody tr", timeout=60_000)
         emergencies = [list(r) for r in sql_emergencies(database, day)]
         set_connections(database, False)
         try:
@@ -883,7 +883,7 @@ def test_oidc_sign_in_maps_the_providers_groups_to_roles(stored: tuple[Database,
             guard = sign_in_with_provider({"sub": "u-1", "preferred_username": "g.guard",
                                            "groups": ["other-group", GUARDS_GROUP]})
             day = shown_day(guard)
-            guard.wait_for_selector("#emergencies-panel h2", timeout=30_000)
+            guard.wait_for_selector("#emergencies-panel h2", timeout=60_000)
             assert rows(guard, "#emergencies") == [list(r) for r in sql_emergencies(database, day)]
             assert guard.inner_text("#viewer").strip() == "g.guard"
             for hidden in ("#ratings-panel", "#weekly-ratings", "#rejects-panel"):
