@@ -137,20 +137,17 @@ def read_emergencies(conn: Connection, day: date) -> list[Emergency]:
 
 
 def read_ratings(conn: Connection, today: date) -> list[ExhibitionRatings]:
-    """Per exhibition and period: ratings, mean and shares, from the daily view's figures.
-
-    The view rounds a day's mean to 3 decimals and its shares to 4, so these are that precise.
-    """
+    """Per exhibition and period: ratings, mean and shares, as ratios of the daily view's sums."""
     first_days = [today, today - timedelta(days=6), date.min]  # by PERIODS
     with conn.cursor() as cur:
         cur.execute("""
             SELECT d.exhibition_id || ' ' || d.exhibition_name, d.floor, p.period,
-                   sum(d.ratings)::int, sum(d.mean_rating * d.ratings) / sum(d.ratings),
-                   sum(d.share_terrible * d.ratings) / sum(d.ratings),
-                   sum(d.share_bad * d.ratings) / sum(d.ratings),
-                   sum(d.share_neutral * d.ratings) / sum(d.ratings),
-                   sum(d.share_good * d.ratings) / sum(d.ratings),
-                   sum(d.share_amazing * d.ratings) / sum(d.ratings)
+                   sum(d.ratings)::int, sum(d.rating_sum)::numeric / sum(d.ratings),
+                   sum(d.n_terrible)::numeric / sum(d.ratings),
+                   sum(d.n_bad)::numeric / sum(d.ratings),
+                   sum(d.n_neutral)::numeric / sum(d.ratings),
+                   sum(d.n_good)::numeric / sum(d.ratings),
+                   sum(d.n_amazing)::numeric / sum(d.ratings)
             FROM v_exhibition_daily d
             JOIN unnest(%(periods)s::text[], %(first_days)s::date[]) AS p (period, first_day)
               ON d.local_date BETWEEN p.first_day AND %(today)s
@@ -236,9 +233,9 @@ class Day:
     floor: str
     day: date
     ratings: int
-    # The day's ratings summed, as the view's mean (3 decimals) times its ratings: a weekly
-    # mean is then a ratio of sums, never a mean of daily means.
-    rating_sum: float
+    # The day's rating values summed: a weekly mean is then a ratio of sums, never a mean of
+    # daily means.
+    rating_sum: int
     assistance: int
     emergency: int
 
@@ -248,7 +245,7 @@ def read_days(conn: Connection) -> list[Day]:
     with conn.cursor() as cur:
         cur.execute("""
             SELECT exhibition_id || ' ' || exhibition_name, floor, local_date, ratings::int,
-                   coalesce(mean_rating * ratings, 0)::float8, assistance::int, emergency::int
+                   rating_sum::int, assistance::int, emergency::int
             FROM v_exhibition_daily
             ORDER BY local_date, exhibition_id""")
         return [Day(*row) for row in cur.fetchall()]
