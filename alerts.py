@@ -11,6 +11,7 @@ one handed over twice in a process is sent once.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import threading
 import time
@@ -61,17 +62,24 @@ def emergency_alert(press: Interaction, exhibition: Exhibition | None,
                     museum_tz: tzinfo) -> Alert:
     """The words the Head of Security reads: where, which floor, when in museum time."""
     local = press.event_at.astimezone(museum_tz)
-    if exhibition is None:
-        where, floor = f"site {press.exhibition_id}", "unknown floor"
-    else:
-        where = f"{exhibition.public_id} {one_line(exhibition.name, NAME_LIMIT)}"
-        floor = f"floor {one_line(exhibition.floor, NAME_LIMIT)}"
+    where, floor, subject = _words(exhibition, press.exhibition_id)
     return Alert(
         press.source, press.source_partition, press.source_offset, press.event_at,
-        subject=one_line(f"EMERGENCY at {where}", SUBJECT_LIMIT),
+        subject=subject,
         message=(f"Emergency button pressed at {where}, {floor}, at {local:%H:%M:%S} on "
                  f"{local:%d/%m/%Y} museum time."),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _words(exhibition: Exhibition | None, site: int) -> tuple[str, str, str]:
+    """Where, which floor, and the subject: the same for every press at an exhibition."""
+    if exhibition is None:
+        where, floor = f"site {site}", "unknown floor"
+    else:
+        where = f"{exhibition.public_id} {one_line(exhibition.name, NAME_LIMIT)}"
+        floor = f"floor {one_line(exhibition.floor, NAME_LIMIT)}"
+    return where, floor, one_line(f"EMERGENCY at {where}", SUBJECT_LIMIT)
 
 
 class AlertSender:
@@ -99,6 +107,10 @@ class AlertSender:
                 read_timeout=4))
             self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
             self._thread.start()
+
+    @property
+    def enabled(self) -> bool:
+        return self._thread is not None
 
     @property
     def pending(self) -> int:

@@ -386,8 +386,9 @@ class Pipeline:
         batch = judge_batch(messages, self.rules, datetime.now(UTC))
         alerts = self._alerts_for(r for r in batch.requests if r.value == db.EMERGENCY)
         # Sent whatever becomes of the write; not for a press whose verdict is already stored.
-        self.alerts.submit(a for a in alerts
-                           if a.source_offset >= self.marks.get((a.source, a.source_partition), 0))
+        self.alerts.submit(a for a in alerts if not self._judged_before(a.source,
+                                                                       a.source_partition,
+                                                                       a.source_offset))
         logged_at = datetime.now(UTC)
         limit = self.reject_log.max_value_bytes
         self.reject_log.write([format_reject(r, logged_at, limit) for r in batch.rejects])
@@ -420,8 +421,15 @@ class Pipeline:
             raise
 
     def _alerts_for(self, presses: Iterable[db.Interaction]) -> list[Alert]:
+        """The presses' alerts; none without an SNS topic (nothing to send or record)."""
+        if not self.alerts.enabled:
+            return []
         return [emergency_alert(press, self.exhibitions.get(press.exhibition_id),
                                 self.rules.museum_tz) for press in presses]
+
+    def _judged_before(self, source: str, partition: int, offset: int) -> bool:
+        """Below the partition's mark read at assignment: its verdict was stored before."""
+        return offset < self.marks.get((source, partition), 0)
 
     def _collect_written(self, wait_s: float | None) -> None:
         """Count the batches written, oldest first, and commit their offsets; wait up to
@@ -442,7 +450,9 @@ class Pipeline:
                 return
             # A newly stored emergency that was not alerted from memory (its partition's mark
             # said it was judged, yet no table held it): alert it now.
-            self.alerts.submit(self._alerts_for(result.new_emergencies))
+            self.alerts.submit(self._alerts_for(
+                r for r in result.new_emergencies
+                if self._judged_before(r.source, r.source_partition, r.source_offset)))
             self.stats.add(batch, result)
             self.pending_offsets.update(batch.next_offsets)
         if done:
