@@ -144,7 +144,8 @@ class Pipeline:
                  stopping: StopFlag) -> None:
         self.settings = settings
         self.exhibitions = exhibitions
-        self.rules = settings.rules(frozenset(exhibitions))
+        self.rules = settings.rules(
+            {number: e.start_date for number, e in exhibitions.items()})
         self.stopping = stopping
         self.stats = Stats()
         self.fatal_error: KafkaError | None = None
@@ -211,7 +212,8 @@ class Pipeline:
         added = sorted(e.public_id for n, e in exhibitions.items() if n not in self.exhibitions)
         removed = sorted(e.public_id for n, e in self.exhibitions.items() if n not in exhibitions)
         self.exhibitions = self.alerts.exhibitions = exhibitions
-        self.rules = self.settings.rules(frozenset(exhibitions))
+        self.rules = self.settings.rules(
+            {number: e.start_date for number, e in exhibitions.items()})
         log.info("exhibitions refreshed: %d loaded; added %s; removed %s", len(exhibitions),
                  ", ".join(added) or "none", ", ".join(removed) or "none")
 

@@ -22,7 +22,7 @@ from settings import PipelineSettings, read_settings
 VALID = b'{"at": "2026-02-24T12:00:00+00:00", "site": "3", "val": 4}'
 NEW_EXHIBITION = {
     "EXHIBITION_NAME": "Mammoths", "EXHIBITION_ID": "EXH_06", "FLOOR": "2",
-    "DEPARTMENT": "Paleontology", "START_DATE": "01/12/26", "DESCRIPTION": "Ice age giants.",
+    "DEPARTMENT": "Paleontology", "START_DATE": "01/12/25", "DESCRIPTION": "Ice age giants.",
 }
 
 
