@@ -94,7 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float,
                         help=f"each latency phase's length (default {FULL['latency_seconds']:g};"
                         f" at least {LOW_RATE_MIN_SECONDS:g} at {LOW_RATE:g} msg/s)")
-    parser.add_argument("--baseline-messages", type=int, default=5_000,
+    parser.add_argument("--baseline-messages", type=int, default=2_000,
                         help="messages the baseline consumer is timed on (default %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help=f"CI's short version: {QUICK['messages']:,} messages, one run, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import re
 from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta, timezone
@@ -282,6 +283,40 @@ def test_a_request_needs_type_zero_or_one(kind: object) -> None:
 @pytest.mark.parametrize("kind", [0, 1, 2, "ERR"])
 def test_a_rating_must_not_carry_a_type(kind: object) -> None:
     assert reason(message(val=3, type=kind)) is Reason.INVALID_TYPE
+
+
+# ------------------------------------------------------------------ details and verdict types
+
+
+@pytest.mark.parametrize(("raw", "detail"), [
+    (b'{"at": "x", "at": "y"}', "duplicate key"),
+    (b'{"val": NaN}', "NaN is not JSON"),
+    (message(kiosk="A", zone="B"), "unexpected 'kiosk'"),
+    (message(**{"k" * 60: 1}), f"unexpected {'k' * 40!r}"),
+    (message(val="ERR"), "val 'ERR' is not an integer in -1..4"),
+    (message(val=None), "val None is not an integer in -1..4"),
+    (message(val=[3]), "val list is not an integer in -1..4"),
+    (message(val=2.5), "val 2.5 is not an integer in -1..4"),
+    (message(val="x" * 40), f"val {repr('x' * 40)[:24]} is not an integer in -1..4"),
+    (message(val=-1, type="1"), "type '1' is not 0 or 1"),
+    (message(site="ERR"), "site 'ERR' is not a site number"),
+    (message(site="9"), "site '9' has no exhibition"),
+    (message(at="2026-02-24T07:00:00+00:00"), "pressed at 07:00:00 museum time"),
+])
+def test_a_rejection_says_what_was_wrong(raw: bytes, detail: str) -> None:
+    verdict = validate(raw, RULES, NOW)
+    assert isinstance(verdict, Rejection) and verdict.detail == detail
+
+
+def test_a_press_equals_only_a_press_of_the_same_kind_and_fields() -> None:
+    at = datetime(2026, 2, 24, 12, tzinfo=UTC)
+    # Both operators, each way: __eq__ and __ne__ are the press's own.
+    assert (operator.eq(Rating(3, 1, at), Rating(3, 1, at)),
+            operator.ne(Rating(3, 1, at), Rating(3, 1, at))) == (True, False)
+    assert (operator.eq(Rating(3, 1, at), Request(3, 1, at)),
+            operator.ne(Rating(3, 1, at), Request(3, 1, at))) == (False, True)
+    assert Rating(3, 1, at) != Rating(3, 2, at) and Rating(3, 1, at) != (3, 1, at)
+    assert hash(Request(3, 1, at)) == hash(Request(3, 1, at))
 
 
 # ------------------------------------------------------------------ properties
