@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -186,53 +185,35 @@ class DebianPostgres(EmbeddedPostgres):
     """Debian's PostgreSQL 15 as a standalone server: TCP, scram-sha-256 with a password.
 
     Everything but the binaries and the authentication is EmbeddedPostgres's (the same data
-    directory handling, a system user when run as root, fsync on).
+    folder, private to the server's user when run as root; fsync on).
     """
 
+    bin_dir: Path | None = DEBIAN_PG_BIN
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
-
-    def _run(self, tool: str, *args: str) -> None:
-        result = subprocess.run([str(DEBIAN_PG_BIN / tool), *args], capture_output=True,
-                                text=True, **embedded._pg_identity())
-        if result.returncode != 0:
-            raise BenchError(f"{tool} failed: {' '.join(result.stderr.split())}")
-
-    def running(self) -> bool:
-        return subprocess.run([str(DEBIAN_PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "status"],
-                              capture_output=True, **embedded._pg_identity()).returncode == 0
 
     def start(self) -> DebianPostgres:
         if not (DEBIAN_PG_BIN / "initdb").exists():
             raise BenchError(f"{DEBIAN_PG_BIN} has no initdb: apt-get install postgresql")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if embedded._as_root():
-            embedded._ensure_system_user()
-            embedded._open_path_for(self.data_dir, embedded.PG_SYSTEM_USER)
-        data = self.data_dir / "data"
+        data = self.cluster_dir
         if not (data / "PG_VERSION").exists():
-            password_file = self.data_dir / "initdb.pw"  # readable by the server's user only
+            # initdb takes the superuser's password from a file only the server's user reads.
+            if embedded._as_root():
+                embedded._prepare_private_home(self.data_dir)
+            data.parent.mkdir(parents=True, exist_ok=True)
+            password_file = data.parent / "initdb.pw"
+            password_file.touch(mode=0o600)
             password_file.write_text(self.password)
             if embedded._as_root():
-                owner = embedded.pwd.getpwnam(embedded.PG_SYSTEM_USER)
-                os.chown(password_file, owner.pw_uid, owner.pw_gid)
-            password_file.chmod(0o600)
+                account = embedded._system_account()
+                os.chown(password_file, account.pw_uid, account.pw_gid)
             try:
                 self._run("initdb", "--auth=scram-sha-256", "--encoding=UTF8",
                           "--locale=C.UTF-8", "-U", embedded.PG_SUPERUSER,
                           f"--pwfile={password_file}", "-D", str(data))
             finally:
                 password_file.unlink()
-        extra = "".join(f" -c {name}={value}" for name, value in self.settings.items())
-        options = (f"-h 127.0.0.1 -p {self.port} -k {data} -c fsync=on"
-                   f" -c password_encryption=scram-sha-256{extra}")
-        self._run("pg_ctl", "-w", "-t", "60", "-D", str(data), "-o", options,
-                  "-l", str(self.data_dir / "server.log"), "start")
+        super().start()
         return self
-
-    def stop(self, mode: str = "fast") -> None:
-        data = self.data_dir / "data"
-        if (data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-w", "-D", str(data), "-m", mode, "stop")
 
     def url(self, database: str) -> str:
         return (f"postgresql://{embedded.PG_SUPERUSER}:{self.password}@127.0.0.1:{self.port}"
@@ -248,7 +229,7 @@ def running_services(workdir: Path, database: str = "embedded") -> Iterator[Serv
     with ExitStack() as stack:
         server = DebianPostgres if database == "debian" else EmbeddedPostgres
         postgres = server(workdir / "pg", free_port(), {"track_commit_timestamp": "on"})
-        stack.callback(postgres.stop)
+        stack.callback(postgres.remove)  # the workdir is temporary
         postgres.start()
         s3 = MotoS3()
         stack.callback(s3.stop)

@@ -51,7 +51,7 @@ def test_the_standalone_server_takes_a_password_over_tcp_and_refuses_a_wrong_one
             psycopg2.connect(server.url("postgres").replace(server.password, "not-it"))
         assert server.env("x")["DATABASE_PASSWORD"] == server.password
     finally:
-        server.stop()
+        server.remove()
 
 
 def test_the_exactness_check_names_every_difference() -> None:
