@@ -42,8 +42,21 @@ def message(**fields: object) -> bytes:
 _ABSENT = object()
 
 
+def general_path(raw: bytes | None, rules: Rules = RULES,
+                 now: datetime = NOW) -> Rating | Request | Rejection:
+    """The general JSON parser and the rules, without the kiosk-form fast path."""
+    obj = parse_json_object(raw)
+    return obj if isinstance(obj, Rejection) else validate_object(obj, rules, now)
+
+
 def reason(raw: bytes | None, rules: Rules = RULES, now: datetime = NOW) -> Reason | None:
+    """The verdict's reason (None when accepted), the same by the fast and the general path.
+
+    message() writes the kiosks' form, so validate() takes the fast path; each rule's
+    boundaries are thereby checked on both paths.
+    """
     verdict = validate(raw, rules, now)
+    assert verdict == general_path(raw, rules, now)
     return verdict.reason if isinstance(verdict, Rejection) else None
 
 
@@ -113,6 +126,13 @@ def test_a_key_outside_the_four_is_unexpected() -> None:
 ])
 def test_at_must_be_iso_8601_with_an_offset(at: object) -> None:
     assert reason(message(at=at)) is Reason.INVALID_AT
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00"])
+def test_an_instant_the_museum_zone_cannot_hold_is_invalid_at(at: str) -> None:
+    verdict = validate(message(at=at), RULES, NOW)
+    assert verdict == general_path(message(at=at))
+    assert verdict == Rejection(Reason.INVALID_AT, "at is out of range")
 
 
 def test_z_and_other_offsets_are_converted() -> None:
@@ -191,6 +211,11 @@ def test_a_press_more_than_five_minutes_ahead_is_future() -> None:
 ])
 def test_site_must_be_digits_naming_a_loaded_exhibition(site: object) -> None:
     assert reason(message(site=site)) is Reason.UNKNOWN_SITE
+
+
+def test_a_site_number_has_at_most_six_digits() -> None:
+    assert reason(message(site="000003")) is None
+    assert reason(message(site="0000003")) is Reason.UNKNOWN_SITE
 
 
 def test_sites_compare_as_numbers() -> None:
@@ -483,12 +508,6 @@ def test_kiosk_messages_judged_rule_by_rule_and_by_both_paths() -> None:
 
 
 # ------------------------------------------------------------------ the real capture
-
-
-def general_path(raw: bytes) -> Rating | Request | Rejection:
-    """The general JSON parser and the rules, without the kiosk-form fast path."""
-    obj = parse_json_object(raw)
-    return obj if isinstance(obj, Rejection) else validate_object(obj, RULES, NOW)
 
 
 kiosk_values = st.one_of(
