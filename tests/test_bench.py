@@ -30,7 +30,7 @@ def test_the_quick_benchmark_runs_and_every_phase_is_exact() -> None:
                    "limit (b) bare consume loop", "drain / min(limits)", "drain / baseline",
                    "latency at 5,000 msg/s: p99", "latency at 20 msg/s: p99",
                    "growth with the other four fifths", "CPU s per 100,000 messages"):
-        line = next(line for line in result.stdout.splitlines() if line.startswith(figure))
+        line = next(line for line in result.stdout.splitlines() if line.lstrip().startswith(figure))
         assert any(char.isdigit() for char in line), line
     assert "Traceback" not in result.stderr
 
