@@ -1,6 +1,6 @@
 """The pipeline's benchmark: backlog drain against the machine's limits and the usual consumer.
 
-    python3 dev.py bench            # both databases, both mixes, 3 runs each (~20 minutes)
+    python3 dev.py bench            # both databases, both mixes, 3 runs each (30-45 minutes)
     python3 dev.py bench --quick    # CI's short version: embedded PostgreSQL, simulator, one run
     python3 dev.py bench --db embedded --mix real --runs 1
 

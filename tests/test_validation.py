@@ -23,6 +23,7 @@ from validation import (
     Rejection,
     Request,
     Rules,
+    localize,
     parse_json_object,
     validate,
     validate_object,
@@ -342,6 +343,15 @@ def test_a_press_equals_only_a_press_of_the_same_kind_and_fields() -> None:
             operator.ne(Rating(3, 1, at), Request(3, 1, at))) == (False, True)
     assert Rating(3, 1, at) != Rating(3, 2, at) and Rating(3, 1, at) != (3, 1, at)
     assert hash(Request(3, 1, at)) == hash(Request(3, 1, at))
+
+
+def test_a_repeated_wall_time_is_ambiguous_whichever_pass_it_names() -> None:
+    """localize decides on the wall time alone, not on a fold the caller may have set."""
+    for fold in (0, 1):
+        verdict = localize(datetime(2026, 10, 25, 1, 30, fold=fold), LONDON)
+        assert isinstance(verdict, Rejection) and verdict.reason is Reason.AMBIGUOUS_LOCAL_TIME
+    assert localize(datetime(2026, 10, 25, 2, 30, fold=1), LONDON) == datetime(
+        2026, 10, 25, 2, 30, tzinfo=UTC)
 
 
 # ------------------------------------------------------------------ properties
