@@ -328,6 +328,18 @@ def test_a_rating_must_not_carry_a_type(kind: object) -> None:
     (message(site="ERR"), "site 'ERR' is not a site number"),
     (message(site="9"), "site '9' has no exhibition"),
     (message(at="2026-02-24T07:00:00+00:00"), "pressed at 07:00:00 museum time"),
+    (None, "empty message value"),
+    (b'{"at": "\xff"}', "not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b"[1]", "not an object but list"),
+    (b'{"at": ', "Expecting value: line 1 column 8 (char 7)"),
+    (b'{"val": ' + b"9" * 5000 + b"}",
+     "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 di"),
+    (message(at=1771934400), "at is int, not a string"),
+    (message(at="yesterday"), "at is not ISO-8601"),
+    (message(at="2026-02-24T12:00:00"), "at has no UTC offset"),
+    (message(at="2026-11-22T12:05:00.000001+00:00"), "at is in the future"),
+    (message(val=3, type=0), "a rating carries a type"),
 ])
 def test_a_rejection_says_what_was_wrong(raw: bytes, detail: str) -> None:
     verdict = validate(raw, RULES, NOW)
