@@ -252,11 +252,11 @@ def test_which_keys_are_exports(key: str, expected: bool) -> None:
 # ------------------------------------------------------------------ the real exports
 
 
-def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, bucket: str, database: Database,
+def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, real_bucket: str, database: Database,
                                            tmp_path: Path) -> None:
     reject_log = tmp_path / "erroneous_data.log"
 
-    first = load(moto_s3, bucket, database, reject_log)
+    first = load(moto_s3, real_bucket, database, reject_log)
 
     assert {key: (s.rows, s.stored, s.rejected[Reason.OUTSIDE_HOURS]) for key, s in first.items()
             } == REAL_FILES
@@ -264,21 +264,21 @@ def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, bucket: str, databa
                for s in first.values())
     assert stored_ratings(database) == REAL_RATINGS
     assert stored_requests(database) == REAL_REQUESTS
-    source = f"s3://{bucket}/lmnh_hist_data_0.csv"
+    source = f"s3://{real_bucket}/lmnh_hist_data_0.csv"
     assert database.query(  # line 2 of file 0: "2023-03-06 15:09:21,4,0," (GMT that day)
         "SELECT exhibition_id, rating_value, event_at FROM rating_interaction"
         " WHERE source = %s AND source_partition = 0 AND source_offset = 2", (source,)
     ) == [(4, 0, datetime(2023, 3, 6, 15, 9, 21, tzinfo=UTC))]
     duplicates = database.query(
         "SELECT source_offset FROM rating_interaction WHERE source = %s ORDER BY 1",
-        (f"s3://{bucket}/lmnh_hist_data_3.csv",))
+        (f"s3://{real_bucket}/lmnh_hist_data_3.csv",))
     assert set(REAL_DUPLICATE_LINES) <= {offset for (offset,) in duplicates}
 
     rejects = reject_lines(reject_log)
     assert len(rejects) == 52
     for _logged_at, reason, location, _detail, value in rejects:
         assert reason == "outside_hours"
-        key, line = location.removeprefix(f"s3://{bucket}/").split(":")
+        key, line = location.removeprefix(f"s3://{real_bucket}/").split(":")
         physical_line = (SHARED_S3 / key).read_text().splitlines()[int(line) - 1]
         assert json.loads(value) == physical_line
         assert physical_line[11:19] < "08:45:00"
@@ -287,7 +287,7 @@ def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, bucket: str, databa
         "SELECT reason, count(*), count(DISTINCT (source, source_offset)) FROM rejected_message"
         " GROUP BY 1") == [("outside_hours", 52, 52)]
 
-    second = load(moto_s3, bucket, database, reject_log)
+    second = load(moto_s3, real_bucket, database, reject_log)
 
     assert [(s.rows, s.stored, s.already_present) for s in second.values()] == [
         (rows, 0, accepted) for rows, accepted, _ in REAL_FILES.values()]
@@ -297,9 +297,9 @@ def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, bucket: str, databa
     assert database.scalar("SELECT sum(ratings) FROM rating_hourly") == sum(REAL_RATINGS.values())
 
 
-def test_the_command_on_the_real_bucket_then_again(moto_s3: MotoS3, bucket: str,
+def test_the_command_on_the_real_bucket_then_again(moto_s3: MotoS3, real_bucket: str,
                                                    database: Database, tmp_path: Path) -> None:
-    env = command_env(database, moto_s3, bucket, tmp_path / "erroneous_data.log")
+    env = command_env(database, moto_s3, real_bucket, tmp_path / "erroneous_data.log")
 
     first = run_command(env)
     second = run_command(env)
@@ -314,7 +314,7 @@ def test_the_command_on_the_real_bucket_then_again(moto_s3: MotoS3, bucket: str,
         "total (files=4 skipped=0): read=2137 stored=0 already_present=2085 rejected=52"
         " [outside_hours=52] in ")
     assert total_line(first.stdout).endswith(" rows/s)")
-    assert (f"s3://{bucket}/lmnh_hist_data_2.csv: read=534 stored=518 already_present=0"
+    assert (f"s3://{real_bucket}/lmnh_hist_data_2.csv: read=534 stored=518 already_present=0"
             " rejected=16 [outside_hours=16]") in first.stdout
     assert sum(stored_ratings(database).values()) + sum(stored_requests(database).values()) == 2085
     assert len(reject_lines(tmp_path / "erroneous_data.log")) == 2 * 52  # logged by each run
