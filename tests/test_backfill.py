@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -13,7 +14,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import ROOT, SHARED_S3, Database, unique
+from conftest import ROOT, SHARED_S3, Database, unique, wait_until
 
 import backfill
 import db
@@ -438,32 +439,47 @@ def generated_export(rows: int) -> tuple[str, Expected]:
     return "".join(lines), Expected(ratings, requests, outside, invalid)
 
 
-def test_a_rerun_after_a_killed_run_stores_each_line_once(
+def test_a_rerun_after_a_kill_9_mid_file_stores_each_line_once(
         moto_s3: MotoS3, database: Database, tmp_path: Path) -> None:
-    """BACKFILL_ROWS=1000000 makes this the throughput measurement (run pytest with -s)."""
-    rows = int(os.environ.get("BACKFILL_ROWS", "12000"))
+    """`kill -9` once some batches are committed, then the same command again: every line
+    stored once. BACKFILL_ROWS=1000000 makes the rerun a throughput measurement (pytest -s)."""
+    rows = int(os.environ.get("BACKFILL_ROWS", "20000"))
     export, expected = generated_export(rows)
-    key = "lmnh_hist_data_generated.csv"
-    # The state a run leaves when killed after committing its first batch (lines 2..5001): the
-    # same key, cut short. Then the whole file, as the rerun finds it.
-    bucket = new_bucket(moto_s3, {key: "".join(export.splitlines(keepends=True)[:5001])})
-    env = command_env(database, moto_s3, bucket, tmp_path / "rejects.log")
-    killed = run_command(env)
-    assert killed.returncode == 0, killed.stdout + killed.stderr
-    already = sum(stored_ratings(database).values()) + sum(stored_requests(database).values())
+    accepted = sum(expected.ratings.values()) + sum(expected.requests.values())
+    rejected = expected.outside_hours + expected.invalid_val
+    bucket = new_bucket(moto_s3, {"lmnh_hist_data_generated.csv": export})
+    env = command_env(database, moto_s3, bucket, tmp_path / "rejects.log", BATCH_SIZE="500")
 
-    moto_s3.client().put_object(Bucket=bucket, Key=key, Body=export)
+    def stored_rows() -> int:
+        return int(database.scalar("SELECT (SELECT count(*) FROM rating_interaction)"
+                                   " + (SELECT count(*) FROM request_interaction)"))
+
+    killed = subprocess.Popen([sys.executable, str(ROOT / "backfill.py")], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: stored_rows() >= 1000 or killed.poll() is not None, 120,
+                   "the first batches committed", interval=0.002)
+    finally:
+        killed.kill()
+        killed.wait()
+    already = stored_rows()
+    assert 1000 <= already < accepted, f"killed too late ({already} of {accepted} rows)"
+
     resumed = run_command(env)
 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    accepted = sum(expected.ratings.values()) + sum(expected.requests.values())
     assert total_line(resumed.stdout).startswith(
         f"total (files=1 skipped=0): read={rows} stored={accepted - already}"
-        f" already_present={already} rejected={expected.outside_hours + expected.invalid_val}"
+        f" already_present={already} rejected={rejected}"
         f" [invalid_val={expected.invalid_val} outside_hours={expected.outside_hours}] in ")
     assert stored_ratings(database) == expected.ratings
     assert stored_requests(database) == expected.requests
-    print(f"\n{rows} generated rows: {total_line(resumed.stdout)}")
+    assert stored_rows() == accepted
+    assert database.query("SELECT count(*), count(DISTINCT source_offset) FROM rejected_message"
+                          ) == [(rejected, rejected)]
+    assert database.scalar("SELECT sum(ratings) FROM rating_hourly") == sum(
+        expected.ratings.values())
+    print(f"\n{rows} generated rows, rerun after kill -9: {total_line(resumed.stdout)}")
 
 
 # ------------------------------------------------------------------ failures
@@ -493,3 +509,28 @@ def test_a_missing_bucket_exits_1_with_one_line(moto_s3: MotoS3, database: Datab
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "cannot load exhibitions from s3://no-such-bucket-here" in errors[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_exit_codes_0_1_2_and_130(moto_s3: MotoS3, database: Database,
+                                      tmp_path: Path) -> None:
+    """0 done (the tests above), 1 a service failed (below), 2 a bad setting, 130 interrupted."""
+    export, _ = generated_export(20000)
+    bucket = new_bucket(moto_s3, {"lmnh_hist_data_generated.csv": export})
+    env = command_env(database, moto_s3, bucket, tmp_path / "rejects.log", BATCH_SIZE="500")
+
+    bad = run_command(env | {"BATCH_SIZE": "0"})
+    assert bad.returncode == 2 and "BATCH_SIZE" in bad.stdout + bad.stderr
+    assert database.scalar("SELECT count(*) FROM rating_interaction") == 0
+
+    interrupted = subprocess.Popen([sys.executable, str(ROOT / "backfill.py")], cwd=ROOT,
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+    try:
+        wait_until(lambda: database.scalar("SELECT count(*) FROM rating_interaction") > 0
+                   or interrupted.poll() is not None, 120, "the first batch", interval=0.002)
+        interrupted.send_signal(signal.SIGINT)
+        output, _ = interrupted.communicate(timeout=60)
+    finally:
+        interrupted.kill()
+    assert interrupted.returncode == 130, output
+    assert "interrupted; run again to finish" in output and "Traceback" not in output
