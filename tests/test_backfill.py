@@ -513,7 +513,7 @@ def test_a_missing_bucket_exits_1_with_one_line(moto_s3: MotoS3, database: Datab
 
 def test_the_exit_codes_0_1_2_and_130(moto_s3: MotoS3, database: Database,
                                       tmp_path: Path) -> None:
-    """0 done (the tests above), 1 a service failed (below), 2 a bad setting, 130 interrupted."""
+    """0 done, 1 a service failed (both tested above), 2 a bad setting, 130 interrupted."""
     export, _ = generated_export(20000)
     bucket = new_bucket(moto_s3, {"lmnh_hist_data_generated.csv": export})
     env = command_env(database, moto_s3, bucket, tmp_path / "rejects.log", BATCH_SIZE="500")

@@ -16,11 +16,13 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg2
+import pytest
 from conftest import ROOT, wait_until
 
 from embedded import free_port
 
 
+@pytest.mark.slow
 def test_the_demo_runs_and_its_report_matches_the_database(tmp_path: Path) -> None:
     port = str(free_port())
     where = ["--data-dir", str(tmp_path / "demo"), "--pg-port", port]
@@ -140,6 +142,7 @@ def _recorded(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_terminal_stops_the_demo_cleanly_and_the_rows_are_what_the_kiosks_sent(
         tmp_path: Path) -> None:
     """`python3 dev.py demo` in a terminal, then Ctrl-C once the pipeline is storing presses.

@@ -7,7 +7,9 @@ import json
 import logging
 import re
 import signal
+import socket
 import time
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -271,6 +273,7 @@ def test_check_mode_reports_each_service(broker: Broker, pipeline_env, run_pipel
 # ------------------------------------------------------------------ scale-out
 
 
+@pytest.mark.slow
 def test_two_instances_share_a_6_partition_topic_and_survive_a_kill_9(
         broker: Broker, database: Database, pipeline_env, run_pipeline) -> None:
     env = pipeline_env | {"BATCH_SIZE": "25"}
@@ -297,6 +300,7 @@ def test_two_instances_share_a_6_partition_topic_and_survive_a_kill_9(
 # ------------------------------------------------------------------ broker outage
 
 
+@pytest.mark.slow
 def test_a_30_second_broker_outage_is_logged_and_survived_with_exact_tables(
         database: Database, pipeline_env, run_pipeline) -> None:
     """The broker closes its listener and every connection for 30 s mid-stream, then listens
@@ -368,3 +372,130 @@ def test_a_fatal_kafka_error_exits_non_zero_with_the_reason(
         assert daemon.run() == 1
     assert "kafka fatal error, exiting: injected fencing" in caplog.text
     assert "stopped cleanly" in caplog.text
+
+
+# ------------------------------------------------------------------ README behaviours
+
+
+def test_the_reject_log_shows_any_bytes_on_one_line(broker: Broker, pipeline_env,
+                                                    run_pipeline) -> None:
+    """Non-UTF-8 as a Python bytes literal, a tombstone as null, UTF-8 as a JSON string, and
+    one message one line even when its bytes hold \\n or \\r."""
+    env = pipeline_env
+    text_with_breaks = '{"at": "2026-02-24T12:00:00+00:00",\n"site": "3",\r\n"val": 9}'
+    values: list[bytes | None] = [b"\xff\xfe\n\r\x00junk", None, text_with_breaks.encode()]
+    topic = env["TOPIC"]
+    broker.partitions(topic)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for value in values:
+        producer.produce(topic, value, partition=0)
+    assert producer.flush(30) == 0
+    run = run_pipeline(env)
+    log_path = Path(env["REJECT_LOG"])
+    wait_until(lambda: log_path.exists() and log_path.read_bytes().count(b"\n") >= 3, 60,
+               "the three rejects logged")
+    assert run.stop() == 0
+    raw = log_path.read_bytes()
+    lines = raw.decode("utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) - 1 == 3, raw  # three lines, whatever the bytes
+    fields = [line.split("\t") for line in lines[:-1]]
+    assert [f[1] for f in fields] == ["invalid_json", "invalid_json", "invalid_val"]
+    assert repr(values[0]) in fields[0]  # b'\xff\xfe\n\r\x00junk', escaped
+    assert "null" in fields[1]
+    assert json.dumps(text_with_breaks, ensure_ascii=False) in fields[2]
+    assert all("\r" not in line for line in lines)
+
+
+def test_an_sns_failure_never_holds_up_the_data(broker: Broker, database: Database,
+                                                pipeline_env, run_pipeline) -> None:
+    """SNS accepts the connection and never answers (boto3 waits, retries): meanwhile every
+    press is stored; when SNS refuses outright the alert is given up with one line."""
+    hung_sns = socket.create_server(("127.0.0.1", 0))
+    env = pipeline_env | {
+        "ALERT_SNS_TOPIC_ARN": "arn:aws:sns:eu-west-2:123456789012:lmnh-emergencies",
+        "AWS_ENDPOINT_URL_SNS": f"http://127.0.0.1:{hung_sns.getsockname()[1]}"}
+    emergency = json.dumps({"at": "2026-02-24T12:00:00+00:00", "site": "2", "val": -1,
+                            "type": 1}).encode()
+    run = run_pipeline(env)
+    try:
+        broker.produce(env["TOPIC"], [emergency])
+        wait_until(lambda: database.scalar("SELECT count(*) FROM request_interaction") == 1, 60,
+                   "the emergency stored")
+        broker.produce(env["TOPIC"], [VALID] * 20)
+        wait_until(lambda: row_count(database) == 21, 30, "later presses stored")
+        assert "alert sent" not in run.text() and "alert NOT sent" not in run.text()
+    finally:
+        hung_sns.close()  # from now on SNS refuses: the retries end
+    wait_until(lambda: "alert NOT sent" in run.text(), 120, "the alert given up")
+    assert run.process is not None and run.process.poll() is None
+    broker.produce(env["TOPIC"], [VALID])
+    wait_until(lambda: row_count(database) == 22, 30, "presses stored after the failure")
+    assert run.stop(timeout=60) == 0
+    assert "Traceback" not in run.text()
+
+
+def test_a_refresh_with_s3_unreachable_keeps_the_last_set(
+        broker: Broker, database: Database, pipeline_env, run_pipeline, bucket: str) -> None:
+    own_s3 = MotoS3()  # a listener of this test's own (on moto's shared data), to stop mid-run
+    env = pipeline_env | own_s3.env(bucket) | {"METADATA_REFRESH_S": "1"}
+    run = run_pipeline(env)
+    wait_until(lambda: "loaded 6 exhibitions" in run.text(), 60, "start-up")
+    own_s3.stop()
+    wait_until(lambda: "exhibition refresh failed, keeping the 6 loaded" in run.text(), 120,
+               "a refresh failing")
+    broker.produce(env["TOPIC"], [at_site("5", 1), at_site("6", 1)])
+    count_site_5 = "SELECT count(*) FROM rating_interaction WHERE exhibition_id = 5"
+    wait_until(lambda: database.scalar(count_site_5) == 1 and log_lines(env), 60,
+               "both presses judged")
+    assert [line.split("\t")[1] for line in log_lines(env)] == ["unknown_site"]
+    assert run.stop() == 0
+    assert "Traceback" not in run.text()
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "PLAIN"])
+def test_the_sasl_settings_reach_librdkafka(pipeline_env, run_pipeline, mechanism: str) -> None:
+    listener = SaslListener()
+    env = pipeline_env | {"SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SASL_MECHANISM": mechanism,
+                          "USERNAME": "kiosk-7", "PASSWORD": "Walrus-Secret-2718",
+                          "BOOTSTRAP_SERVERS": listener.bootstrap}
+    run = run_pipeline(env)
+    try:
+        wait_until(lambda: bool(listener.mechanisms), 60, "the SASL handshake")
+        if mechanism == "PLAIN":
+            wait_until(lambda: bool(listener.tokens), 30, "the SASL login")
+            assert listener.tokens[0] == b"\0kiosk-7\0Walrus-Secret-2718"
+    finally:
+        run.stop()
+        listener.close()
+    assert listener.mechanisms[0] == mechanism
+
+
+def test_closing_time_and_max_future_seconds_reach_the_rules(
+        broker: Broker, database: Database, pipeline_env, run_pipeline) -> None:
+    """In a zone where it is about noon now, opening 08:00, closing 16:00, an hour ahead
+    allowed: the pipeline judges by these settings, not the defaults."""
+    now = datetime.now(UTC)
+    hours_ahead = (12 - now.hour + 12) % 24 - 12  # UTC offset putting `now` near 12:00
+    zone = f"Etc/GMT{-hours_ahead:+d}" if hours_ahead else "Etc/GMT"  # POSIX signs: inverted
+    local = timezone(timedelta(hours=hours_ahead))
+    env = pipeline_env | {"MUSEUM_TIMEZONE": zone, "OPENING_TIME": "08:00",
+                          "CLOSING_TIME": "16:00:00", "MAX_FUTURE_SECONDS": "3600"}
+
+    def press(at: datetime) -> bytes:
+        return json.dumps({"at": at.isoformat(), "site": "1", "val": 2}).encode()
+
+    day = datetime(2026, 2, 24, tzinfo=local)
+    cases = [
+        (press(day.replace(hour=15, minute=59, second=59)), None),  # default closing: also in
+        (press(day.replace(hour=16, minute=0, second=1)), "outside_hours"),  # default: in
+        (press(day.replace(hour=8, minute=10)), None),  # default opening 08:45: out
+        (press(now + timedelta(minutes=20)), None),  # default 5 minutes: future_at
+        (press(now + timedelta(minutes=100)), "future_at"),
+    ]
+    broker.produce(env["TOPIC"], [value for value, _ in cases])
+    run = run_pipeline(env)
+    wait_until(lambda: all_committed(broker, env), 60, "every press judged")
+    assert run.stop() == 0
+    assert row_count(database) == sum(reason is None for _, reason in cases)
+    assert sorted(line.split("\t")[1] for line in log_lines(env)) == sorted(
+        reason for _, reason in cases if reason is not None)

@@ -78,6 +78,25 @@ def intended_rows(presses: list[kiosk_simulator.Press], partitions: int) -> tupl
     return ratings, requests, rejects
 
 
+def recorded_rows(record: Path) -> tuple[set, set, set]:
+    """`intended_rows` from the simulator's record of what it delivered (kiosk_simulator's
+    `produce(..., record=)`): each press's partition, offset, kind and value."""
+    ratings, requests, rejects = set(), set(), set()
+    for line in record.read_text(encoding="utf-8").splitlines():
+        press = json.loads(line)
+        source = (press["partition"], press["offset"])
+        message = json.loads(press["value"])
+        if press["kind"] == kiosk_simulator.Kind.RATING:
+            ratings.add((*source, int(message["site"]), message["val"],
+                         datetime.fromisoformat(message["at"])))
+        elif press["kind"] in kiosk_simulator.VALID:
+            requests.add((*source, int(message["site"]), message["type"],
+                          datetime.fromisoformat(message["at"])))
+        else:
+            rejects.add(source)
+    return ratings, requests, rejects
+
+
 def table_rows(database: Database, topic: str) -> tuple[set, set]:
     ratings = database.query(
         "SELECT source_partition, source_offset, exhibition_id, rating_value, event_at"
