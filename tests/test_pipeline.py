@@ -196,6 +196,7 @@ def test_the_real_capture_end_to_end(broker: Broker, database: Database,
     assert exhibitions[5] == ("EXH_05", "Thunder Lizards")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_stream_and_restart_leaves_exact_tables(
         broker: Broker, database: Database, pipeline_env: dict[str, str],
         run_pipeline) -> None:

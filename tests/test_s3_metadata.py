@@ -47,6 +47,7 @@ def test_exactly_the_six_real_exhibitions_come_back(moto_s3: MotoS3, real_bucket
     assert warnings == []  # the decoys are not even read, so nothing to warn about
 
 
+@pytest.mark.slow
 def test_decoys_and_malformed_files_are_ignored_and_all_pages_listed(
         moto_s3: MotoS3, bucket: str, caplog: pytest.LogCaptureFixture) -> None:
     client = s3_client(moto_s3)
