@@ -30,18 +30,23 @@ class _Environment(BaseSettings):
                                       env_ignore_empty=True)
 
 
-class DatabaseEnvironment(_Environment):
-    """The DATABASE_* settings, shared by every entry point."""
+class DatabaseServerEnvironment(_Environment):
+    """Which database, where, and how TLS reaches it: every entry point and reset_database.sh."""
 
     DATABASE_NAME: str = Field(min_length=1)
-    DATABASE_USERNAME: str = Field(min_length=1)
-    # Blank or unset: none is sent, and libpq may take one from ~/.pgpass.
-    DATABASE_PASSWORD: SecretStr = SecretStr("")
     DATABASE_IP: str = Field(min_length=1)
     DATABASE_PORT: int = Field(5432, ge=1, le=65535)
     DATABASE_SSLMODE: Literal["disable", "allow", "prefer", "require", "verify-ca",
                               "verify-full"] | None = None
     DATABASE_SSLROOTCERT: str | None = None
+
+
+class DatabaseEnvironment(DatabaseServerEnvironment):
+    """The DATABASE_* settings, shared by every entry point."""
+
+    DATABASE_USERNAME: str = Field(min_length=1)
+    # Blank or unset: none is sent, and libpq may take one from ~/.pgpass.
+    DATABASE_PASSWORD: SecretStr = SecretStr("")
     DATABASE_CONNECT_TIMEOUT_S: int = Field(10, ge=1)
     DATABASE_STATEMENT_TIMEOUT_MS: int = Field(30_000, ge=100)
 
@@ -142,6 +147,9 @@ class BackfillSettings(DatabaseEnvironment, MuseumEnvironment):
 
     S3_BUCKET: str = Field(min_length=3)
     REJECT_LOG: Path = Path("erroneous_data.log")
+    # Bytes of a rejected value kept in its reject-log line (its length and SHA-256 always are):
+    # a flood of big junk then writes a few KiB a message, not the message.
+    REJECT_LOG_MAX_VALUE_BYTES: int = Field(4096, ge=0, le=1_048_576)
     BATCH_SIZE: int = Field(5000, ge=1, le=100_000)
 
 
@@ -152,6 +160,16 @@ class PipelineSettings(BackfillSettings, KafkaEnvironment):
     STATS_INTERVAL_S: int = Field(60, ge=1)
     METADATA_REFRESH_S: int = Field(600, ge=1)
     ALERT_SNS_TOPIC_ARN: str | None = Field(None, pattern=r"^arn:[^:]+:sns:")
+
+
+class ResetSettings(DatabaseServerEnvironment):
+    """reset_database.sh: the database and the administrator role that recreates its schema.
+
+    Never the pipeline's DATABASE_USERNAME or DATABASE_PASSWORD: the administrator's password
+    comes from PGPASSWORD or ~/.pgpass, as for any libpq tool.
+    """
+
+    DATABASE_ADMIN_USERNAME: str | None = None
 
 
 class DashboardSettings(DatabaseEnvironment):

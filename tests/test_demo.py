@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 from conftest import ROOT, wait_until
 
-from embedded import free_port
+from embedded import EmbeddedPostgres, free_port
 
 
 @pytest.mark.slow
@@ -65,6 +65,7 @@ def test_the_demo_runs_and_its_report_matches_the_database(tmp_path: Path) -> No
     finally:
         subprocess.run([sys.executable, str(ROOT / "demo.py"), "--stop-db", *where], cwd=ROOT,
                        timeout=60, check=True)
+        EmbeddedPostgres(tmp_path / "demo" / "pg", int(port)).remove()  # as root: in /tmp
 
 
 # ------------------------------------------------------------------ Ctrl-C in a terminal
@@ -165,7 +166,8 @@ def test_ctrl_c_in_a_terminal_stops_the_demo_cleanly_and_the_rows_are_what_the_k
                    is not None or process.poll() is not None, 120, "the pipeline storing")
         assert process.poll() is None, terminal.text()[-3000:]
         started = _descendants(process.pid)
-        postmaster = int((tmp_path / "demo" / "pg" / "postmaster.pid").read_text().split()[0])
+        cluster = EmbeddedPostgres(tmp_path / "demo" / "pg", int(port)).cluster_dir
+        postmaster = int((cluster / "postmaster.pid").read_text().split()[0])
         started = {p for p in started if p[0] != postmaster}
         assert len(started) >= 2, started  # demo.py, the pipeline (and the dashboard)
         terminal.press_ctrl_c()
@@ -228,6 +230,7 @@ def test_ctrl_c_in_a_terminal_stops_the_demo_cleanly_and_the_rows_are_what_the_k
                 os.kill(pid, signal.SIGKILL)
         subprocess.run([sys.executable, str(ROOT / "demo.py"), "--stop-db", *where], cwd=ROOT,
                        timeout=60, check=True)
+        EmbeddedPostgres(tmp_path / "demo" / "pg", int(port)).remove()  # as root: in /tmp
 
 
 def test_sigterm_sent_to_dev_py_alone_reaches_the_command_once(tmp_path: Path) -> None:

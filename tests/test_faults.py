@@ -246,7 +246,7 @@ def require_password(server: PgServer, database: Database, role: str, password: 
     """`role` may log in to `database` with `password` only (the embedded server otherwise
     trusts local connections, and a trusted client never sends its password)."""
     assert server.embedded is not None
-    hba = server.embedded.data_dir / "pg_hba.conf"
+    hba = server.embedded.cluster_dir / "pg_hba.conf"
     hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     database.execute(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD %s", (password,))
     database.execute("SELECT pg_reload_conf()")
