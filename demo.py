@@ -25,15 +25,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
+from confluent_kafka import Consumer, TopicPartition
 
 import db
 import kiosk_simulator
-from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, psql_path
+from embedded import (
+    EmbeddedPostgres,
+    MockKafka,
+    MotoS3,
+    free_port,
+    psql_path,
+    topic_partitions,
+)
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_METADATA = ROOT / "sample_metadata"
 DATABASE = "lmnh_demo"
 BUCKET = "lmnh-demo-bucket"
+CATCH_UP_S = 30.0  # at most this long, after the kiosks stop, for the pipeline to store the rest
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -166,6 +175,27 @@ class StopRequest:
         self.event.set()
 
 
+def wait_for_commits(broker: MockKafka, topic: str, group: str, pipeline: subprocess.Popen,
+                     timeout: float) -> bool:
+    """Wait until `group` has committed every message of `topic` (the pipeline stored every
+    press the kiosks sent), so the report covers them all; False after `timeout` seconds."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group})
+    try:
+        count = topic_partitions(broker.bootstrap, topic)
+        partitions = [TopicPartition(topic, p) for p in range(count)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pipeline.poll() is None:
+            ends = [consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in partitions]
+            committed = [tp.offset for tp in consumer.committed(partitions, timeout=5)]
+            if all(end == 0 or offset == end for offset, end in zip(committed, ends,
+                                                                     strict=True)):
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        consumer.close()
+
+
 def stop_process(process: subprocess.Popen, timeout: float) -> int:
     """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
     if process.poll() is None:
@@ -235,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
         kiosks_stop.set()
         simulator.join(timeout=35)
-        time.sleep(1)  # let the pipeline's linger flush the last presses
+        caught_up = wait_for_commits(broker, topic, "lmnh-demo", pipeline, CATCH_UP_S)
+        if not caught_up:
+            print(f"the pipeline had not stored every press after {CATCH_UP_S:g} s; "
+                  "stopping it anyway", flush=True)
         code = stop_process(pipeline, 60)
         stop_process(dashboard, 10)
         print(report(url, reject_log, server), flush=True)

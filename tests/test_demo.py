@@ -197,12 +197,13 @@ def test_ctrl_c_in_a_terminal_stops_the_demo_cleanly_and_the_rows_are_what_the_k
             rejected = set(cur.fetchall())
         conn.close()
         stored = set(ratings) | set(requests) | rejected
-        # Each partition is stored in offset order: what was stored is a prefix of what was sent.
+        # Each partition is stored in offset order: what was stored is a prefix of what was sent
+        # (all of it: the demo waits for the pipeline to store every press before stopping it).
         reached = {}
         for partition, offset in stored:
             reached[partition] = max(reached.get(partition, -1), offset)
         judged = [press for press in sent if press["offset"] <= reached.get(press["partition"], -1)]
-        assert len(judged) > 200 and len(judged) >= 0.9 * len(sent), (len(judged), len(sent))
+        assert len(judged) == len(sent) > 100, (len(judged), len(sent))  # the demo waits for all
         want_ratings, want_requests, want_rejected = {}, {}, set()
         for press in judged:
             key = (press["partition"], press["offset"])
