@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         dashboard_log = args.data_dir / "dashboard.log"
         with dashboard_log.open("ab") as log:
             dashboard = subprocess.Popen(
-                [sys.executable, str(ROOT / "dashboard.py"), "--port", str(dashboard_port)],
+                # No sign-in: the demo's dashboard listens on 127.0.0.1 only, on sample data.
+                [sys.executable, str(ROOT / "dashboard.py"), "--port", str(dashboard_port),
+                 "--allow-anonymous"],
                 cwd=args.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         started.callback(stop_process, dashboard, 10)
