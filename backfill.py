@@ -10,6 +10,9 @@ number), so running it again, or after it was killed, never stores a line twice.
 
 from __future__ import annotations
 
+import requires_python  # noqa: F401 - first: an older Python gets one line
+
+# isort: split
 import argparse
 import csv
 import logging

@@ -11,6 +11,9 @@ tests check against SQL. Imperative shell: the Dash layout and its one callback 
 
 from __future__ import annotations
 
+import requires_python  # noqa: F401 - first: an older Python gets one line
+
+# isort: split
 import argparse
 import logging
 import sys

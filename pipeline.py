@@ -8,6 +8,9 @@ source key (topic, partition, offset) turns the replay into a no-op. Stop it wit
 
 from __future__ import annotations
 
+import requires_python  # noqa: F401 - first: an older Python gets one line
+
+# isort: split
 import argparse
 import gc
 import json

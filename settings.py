@@ -1,7 +1,8 @@
 """Every entry point's settings, from the environment (after `.env`), in one place.
 
 Each entry point asks only for what it uses: the daemon for `PipelineSettings`, the backfill for
-`BackfillSettings` (no Kafka), the dashboard for `DashboardSettings` (the database only). The
+`BackfillSettings` (no Kafka), the dashboard for `DashboardSettings` (the database only), the
+schema upgrade for `MigrateSettings` (the database as its administrator, and the clock). The
 names are the operators' contract (.env.example lists them). A blank value for an optional
 setting (`SASL_MECHANISM=`) counts as not set. Errors name the setting, never its value.
 """
@@ -9,6 +10,7 @@ setting (`SASL_MECHANISM=`) counts as not set. Errors name the setting, never it
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -75,6 +77,11 @@ class MuseumEnvironment(_Environment):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("not a known IANA time zone") from None
         return zone
+
+    def clock(self) -> db.MuseumClock:
+        """The zone and hours as the database's museum_settings row holds them."""
+        rules = self.rules(frozenset())
+        return db.MuseumClock(self.MUSEUM_TIMEZONE, rules.opens, rules.closes)
 
     def rules(self, sites: frozenset[int]) -> Rules:
         return Rules(
@@ -152,6 +159,30 @@ class PipelineSettings(BackfillSettings, KafkaEnvironment):
     STATS_INTERVAL_S: int = Field(60, ge=1)
     METADATA_REFRESH_S: int = Field(600, ge=1)
     ALERT_SNS_TOPIC_ARN: str | None = Field(None, pattern=r"^arn:[^:]+:sns:")
+    # The Prometheus metrics and health endpoint; unset (or 0) serves nothing.
+    METRICS_ADDRESS: str = Field("127.0.0.1", min_length=1)
+    METRICS_PORT: int | None = Field(None, ge=0, le=65535)
+    # /healthz fails when the loop has not turned for this long.
+    HEALTH_STALL_S: int = Field(120, ge=5)
+
+
+class MigrateSettings(DatabaseEnvironment, MuseumEnvironment):
+    """The schema upgrade: the database, as an administrator (who owns the tables), and the
+    museum's clock to write into it."""
+
+    # The role that owns the tables; unset: DATABASE_USERNAME. Its password: unset, none is
+    # sent, and libpq may take one from ~/.pgpass.
+    DATABASE_ADMIN_USERNAME: str | None = None
+    DATABASE_ADMIN_PASSWORD: SecretStr | None = None
+
+    def admin_database(self, user: str | None = None) -> db.DatabaseSettings:
+        settings = self.database()
+        admin = user or self.DATABASE_ADMIN_USERNAME
+        if admin is None:
+            return settings
+        password = self.DATABASE_ADMIN_PASSWORD
+        return replace(settings, user=admin,
+                       password=password.get_secret_value() if password else "")
 
 
 class DashboardSettings(DatabaseEnvironment):
