@@ -274,6 +274,13 @@ def run(settings: BackfillSettings) -> int:
     except psycopg2.Error as error:
         log.error("cannot reach the database: %s", _one_line(error))
         return 1
+    try:
+        db.check_schema(conn)
+        db.check_clock(conn, settings.clock())
+    except (db.SchemaMismatch, psycopg2.Error) as error:
+        log.error("%s", _one_line(error))
+        conn.close()
+        return 1
     log.info("backfilling s3://%s/%s*.csv into %s:%s/%s, %d exhibitions, reject log %s",
              settings.S3_BUCKET, HISTORY_PREFIX, settings.DATABASE_IP, settings.DATABASE_PORT,
              settings.DATABASE_NAME, len(exhibitions), settings.REJECT_LOG)

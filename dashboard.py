@@ -35,7 +35,7 @@ import db
 from settings import DashboardSettings, read_settings
 
 log = logging.getLogger("dashboard")
-MUSEUM_TZ = ZoneInfo("Europe/London")  # the views' time zone
+MUSEUM_TZ = ZoneInfo("Europe/London")  # the views' zone: main() reads the database's
 REFRESH_MS = 15_000
 STATEMENT_TIMEOUT_MS = 5_000
 USUAL_WEEKS = 8  # "usual" is the mean over up to this many earlier same weekdays
@@ -423,6 +423,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per refresh otherwise
+    global MUSEUM_TZ  # the database's clock, read once before serving
+    try:
+        conn = connect(settings.database())
+        try:
+            db.check_schema(conn)
+            MUSEUM_TZ = ZoneInfo(db.read_museum_clock(conn).zone)
+        finally:
+            conn.close()
+    except (db.SchemaMismatch, psycopg2.Error) as error:
+        log.error("%s", " ".join(str(error).split()))
+        return 1
     create_app(settings.database()).run(host=args.host, port=args.port)
     return 0
 

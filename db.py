@@ -210,6 +210,17 @@ def read_museum_clock(conn: Connection) -> MuseumClock:
         conn.rollback()
 
 
+def check_clock(conn: Connection, clock: MuseumClock) -> None:
+    """SchemaMismatch, in one line, unless the settings' clock is the one the database counts in
+    (validation must judge by the hours and zone that the rollups and views use)."""
+    stored = read_museum_clock(conn)
+    if stored != clock:
+        raise SchemaMismatch(
+            f"the settings' museum clock (MUSEUM_TIMEZONE, OPENING_TIME, CLOSING_TIME:"
+            f" {clock.describe()}) differs from the database's ({stored.describe()}): fix the"
+            f" settings, or run `{MIGRATE_COMMAND}` to write them into the database")
+
+
 def _write_clock(cur: Any, clock: MuseumClock) -> None:
     cur.execute("UPDATE museum_settings SET time_zone = %s, opening_time = %s,"
                 " closing_time = %s", (clock.zone, clock.opens, clock.closes))

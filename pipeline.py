@@ -157,6 +157,7 @@ class Pipeline:
         self.alerts = EmergencyAlerts(settings.ALERT_SNS_TOPIC_ARN, exhibitions,
                                       self.rules.museum_tz)
         self.conn: db.Connection | None = None
+        self._with_database(self._check_database)
         self._with_database(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()))
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
         self.in_flight: tuple[JudgedBatch, Future[db.WriteResult]] | None = None
@@ -198,6 +199,11 @@ class Pipeline:
                     self.conn.close()
                     raise
         raise AssertionError("unreachable")  # pragma: no cover - Retrying returns or raises
+
+    def _check_database(self, conn: db.Connection) -> None:
+        """SchemaMismatch unless the schema is this release's and the clock the settings'."""
+        db.check_schema(conn)
+        db.check_clock(conn, self.settings.clock())
 
     def _refresh_exhibitions(self) -> None:
         """Pick up exhibitions added to (or removed from) the bucket; keep the last good set."""
@@ -431,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except db.CONNECTION_ERRORS as error:
         log.error("cannot reach the database: %s", _one_line(error))
         return 0 if stopping else 1
+    except db.SchemaMismatch as error:
+        log.error("refusing to start: %s", error)
+        return 1
     log.info("database %s:%s/%s, topic %s, group %s, reject log %s", settings.DATABASE_IP,
              settings.DATABASE_PORT, settings.DATABASE_NAME, settings.TOPIC, settings.GROUP,
              settings.REJECT_LOG)
