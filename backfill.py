@@ -274,8 +274,10 @@ def run(settings: BackfillSettings) -> int:
     except psycopg2.Error as error:
         log.error("cannot reach the database: %s", _one_line(error))
         return 1
+    except db.SchemaMismatch as error:
+        log.error("%s", error)
+        return 1
     try:
-        db.check_schema(conn)
         db.check_clock(conn, settings.clock())
     except (db.SchemaMismatch, psycopg2.Error) as error:
         log.error("%s", _one_line(error))

@@ -120,8 +120,15 @@ def open_connection(settings: DatabaseSettings, application_name: str) -> Connec
 
 
 def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:
-    """The writer's connection, with its session's staging tables for replayed batches."""
+    """The writer's connection, with its session's staging tables for replayed batches.
+
+    SchemaMismatch if the database's schema is not this release's."""
     conn = open_connection(settings, application_name)
+    try:
+        check_schema(conn)
+    except SchemaMismatch:
+        conn.close()
+        raise
     with conn.cursor() as cur:
         for table in ("rating_interaction", "request_interaction", "rejected_message"):
             cur.execute(sql.SQL(

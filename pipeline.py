@@ -201,8 +201,7 @@ class Pipeline:
         raise AssertionError("unreachable")  # pragma: no cover - Retrying returns or raises
 
     def _check_database(self, conn: db.Connection) -> None:
-        """SchemaMismatch unless the schema is this release's and the clock the settings'."""
-        db.check_schema(conn)
+        """SchemaMismatch unless the clock is the settings' (db.connect checked the schema)."""
         db.check_clock(conn, self.settings.clock())
 
     def _refresh_exhibitions(self) -> None:
