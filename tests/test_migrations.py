@@ -60,7 +60,8 @@ CATALOG = {
                     WHERE pronamespace = 'public'::regnamespace""",
     "triggers": """SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger
                    WHERE NOT tgisinternal""",
-    "grants": """SELECT grantee, table_name, privilege_type FROM information_schema.role_table_grants
+    "grants": """SELECT grantee, table_name, privilege_type
+                 FROM information_schema.role_table_grants
                  WHERE table_schema = 'public' AND grantee IN ('lmnh_writer', 'lmnh_reader')""",
 }
 
