@@ -50,6 +50,8 @@ KAFKA_CLOSE_BOUND_S = 5.0
 # librdkafka's own log: critical lines only. Its per-reconnect lines (hundreds a minute while a
 # broker is away) are replaced by the error callback's one line per outage and minute.
 KAFKA_LOG_LEVEL = 2
+# The database's schema or clock is not this release's: a restart cannot fix it, migrate.py can.
+EXIT_SCHEMA = 3
 T = TypeVar("T")
 
 
@@ -488,6 +490,7 @@ def check(settings: PipelineSettings) -> int:
         try:
             topic = consumer.list_topics(settings.TOPIC, timeout=15).topics[settings.TOPIC]
         except KafkaException as error:
+            consumer.poll(0)  # serves the error callback: not subscribed, so no message
             cause = f" ({errors[0].str()})" if errors else ""
             raise KafkaException(f"{error.args[0].str()}{cause}") from None
         finally:
@@ -544,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if stopping else 1
     except db.SchemaMismatch as error:
         log.error("refusing to start: %s", error)
-        return 1
+        return EXIT_SCHEMA
     log.info("database %s:%s/%s, topic %s, group %s, reject log %s", settings.DATABASE_IP,
              settings.DATABASE_PORT, settings.DATABASE_NAME, settings.TOPIC, settings.GROUP,
              settings.REJECT_LOG)
