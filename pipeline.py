@@ -474,13 +474,16 @@ def check(settings: PipelineSettings) -> int:
     def database() -> str:
         conn = db.connect(settings.database(), application_name="lmnh-pipeline-check")
         try:
+            version = db.check_schema(conn)
+            db.check_clock(conn, settings.clock())
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM exhibition")
                 count = cur.fetchone()[0]
         finally:
             conn.close()
         return (f"{settings.DATABASE_IP}:{settings.DATABASE_PORT}/{settings.DATABASE_NAME}"
-                f" as {settings.DATABASE_USERNAME}, schema present, {count} exhibitions stored")
+                f" as {settings.DATABASE_USERNAME}, schema version {version}, museum clock"
+                f" {settings.clock().describe()}, {count} exhibitions stored")
 
     def kafka() -> str:
         errors: list[KafkaError] = []  # librdkafka's first complaint names the cause

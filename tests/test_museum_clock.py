@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg2
 import pytest
-from conftest import ROOT, Database
+from conftest import ROOT, Broker, Database
 from test_pipeline import reset
 
 import db
@@ -126,3 +126,19 @@ def test_migrate_writes_a_changed_clock_and_recounts_the_rollups(database: Datab
         assert cur.fetchone()[0] == 3  # a reason per row of the day, all of it
     conn.close()
     assert "rejected_message_local_date_idx" in plan
+
+
+def test_check_reports_a_clock_that_differs_from_the_database(
+        broker: Broker, pipeline_env: dict[str, str], run_pipeline) -> None:
+    broker.partitions(pipeline_env["TOPIC"])  # the topic exists
+    same = run_pipeline(pipeline_env, "check-same", "--check")
+    assert same.wait(timeout=90) == 0, same.text()
+    assert "museum clock Europe/London 08:45:00-18:15:00" in same.text()
+    other = run_pipeline(pipeline_env | {"MUSEUM_TIMEZONE": KOLKATA}, "check-other", "--check")
+    assert other.wait(timeout=90) == 1
+    failed = [line for line in other.text().splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].startswith("FAIL  database: the settings' museum clock")
+    assert "Asia/Kolkata" in failed[0] and "python migrate.py" in failed[0]
+    refused = run_pipeline(pipeline_env | {"MUSEUM_TIMEZONE": KOLKATA}, "refused")
+    assert refused.wait(timeout=90) == 3
+    assert "refusing to start: the settings' museum clock" in refused.text()
