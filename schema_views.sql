@@ -145,7 +145,7 @@ FROM request_hourly GROUP BY 1, 2, 3;
 CREATE VIEW v_exhibition_hourly AS
 SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
        d.department_name AS department, c.local_date,
-       extract(isodow FROM c.local_date)::int AS local_weekday, c.local_hour,
+       extract(isodow FROM c.local_date)::int AS local_weekday, c.local_hour::int AS local_hour,
        c.ratings::bigint AS ratings,
        round(c.rating_sum::numeric / nullif(c.ratings, 0), 3) AS mean_rating,
        round(c.terrible::numeric / nullif(c.ratings, 0), 4) AS share_terrible,
@@ -153,7 +153,14 @@ SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
        round(c.neutral::numeric / nullif(c.ratings, 0), 4) AS share_neutral,
        round(c.good::numeric / nullif(c.ratings, 0), 4) AS share_good,
        round(c.amazing::numeric / nullif(c.ratings, 0), 4) AS share_amazing,
-       c.assistance::bigint AS assistance, c.emergency::bigint AS emergency
+       c.assistance::bigint AS assistance, c.emergency::bigint AS emergency,
+       -- Beside every ratio, its parts (added last: workbooks name columns): a mean or share over
+       -- any period is SUM(part) / SUM(ratings), never an average of the rows' ratios.
+       c.rating_sum::bigint AS rating_sum, c.terrible::bigint AS n_terrible,
+       c.bad::bigint AS n_bad, c.neutral::bigint AS n_neutral, c.good::bigint AS n_good,
+       c.amazing::bigint AS n_amazing,
+       -- The museum-local week (its Monday), so weekly trends need no locale's idea of a week.
+       date_trunc('week', c.local_date)::date AS local_week
 FROM (SELECT exhibition_id, local_date, local_hour, sum(ratings) AS ratings,
              sum(rating_sum) AS rating_sum, sum(terrible) AS terrible, sum(bad) AS bad,
              sum(neutral) AS neutral, sum(good) AS good, sum(amazing) AS amazing,
@@ -174,7 +181,14 @@ SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
        round(c.neutral::numeric / nullif(c.ratings, 0), 4) AS share_neutral,
        round(c.good::numeric / nullif(c.ratings, 0), 4) AS share_good,
        round(c.amazing::numeric / nullif(c.ratings, 0), 4) AS share_amazing,
-       c.assistance::bigint AS assistance, c.emergency::bigint AS emergency
+       c.assistance::bigint AS assistance, c.emergency::bigint AS emergency,
+       -- Beside every ratio, its parts (added last: workbooks name columns): a mean or share over
+       -- any period is SUM(part) / SUM(ratings), never an average of the rows' ratios.
+       c.rating_sum::bigint AS rating_sum, c.terrible::bigint AS n_terrible,
+       c.bad::bigint AS n_bad, c.neutral::bigint AS n_neutral, c.good::bigint AS n_good,
+       c.amazing::bigint AS n_amazing,
+       -- The museum-local week (its Monday), so weekly trends need no locale's idea of a week.
+       date_trunc('week', c.local_date)::date AS local_week
 FROM (SELECT exhibition_id, local_date, sum(ratings) AS ratings,
              sum(rating_sum) AS rating_sum, sum(terrible) AS terrible, sum(bad) AS bad,
              sum(neutral) AS neutral, sum(good) AS good, sum(amazing) AS amazing,
