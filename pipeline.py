@@ -219,6 +219,9 @@ class Pipeline:
         )
 
     def _database_failed(self, error: BaseException | None) -> None:
+        """Before each wait for the database: the daemon is alive (retrying is its job, and the
+        loop may be waiting for this write), but not ready."""
+        self.health.turned()
         self.health.database_up = False
         metrics.DATABASE_UP.set(0)
         self.database_outage.failed(_one_line(error))
