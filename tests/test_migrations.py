@@ -74,6 +74,18 @@ def contents(database: Database, names: tuple[str, ...]) -> dict[str, list[tuple
     return {name: sorted(database.query(f"SELECT * FROM {name}"), key=repr) for name in names}
 
 
+def columns(database: Database, name: str) -> list[str]:
+    return [row[0] for row in database.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
+        " ORDER BY ordinal_position", (name,))]
+
+
+def view_rows(database: Database, shape: dict[str, list[str]]) -> dict[str, list[tuple]]:
+    """Each view's rows, in the given columns only (a later release may add columns)."""
+    return {name: sorted(database.query(f"SELECT {', '.join(cols)} FROM {name}"), key=repr)
+            for name, cols in shape.items()}
+
+
 def new_database(server: PgServer) -> Database:
     database = Database(server, unique("lmnh_migrate"))
     server.create_database(database.name)
@@ -108,7 +120,8 @@ def test_a_release_1_database_is_upgraded_keeping_every_row(pg_server: PgServer)
     old = release_1_database(pg_server)
     assert db.schema_version(psycopg2.connect(old.url)) == 1
     before = contents(old, DATA_TABLES)
-    before_views = contents(old, VIEWS)
+    release_1_views = {name: columns(old, name) for name in VIEWS}
+    before_views = view_rows(old, release_1_views)
     assert len(before["rating_interaction"]) == 1000 and len(before["rating_hourly"]) > 20
 
     status = migrate(old, "--status")
@@ -128,7 +141,8 @@ def test_a_release_1_database_is_upgraded_keeping_every_row(pg_server: PgServer)
 
     assert contents(old, DATA_TABLES) == before  # every row and every rollup kept
     assert contents(old, DATA_TABLES) == contents(fresh, DATA_TABLES)
-    assert contents(old, VIEWS) == before_views == contents(fresh, VIEWS)
+    assert contents(old, VIEWS) == contents(fresh, VIEWS)  # as on a fresh database
+    assert view_rows(old, release_1_views) == before_views  # what release 1 answered, unchanged
     assert catalog(old) == catalog(fresh)
     assert old.scalar("SELECT max(version) FROM schema_version") == db.latest_version()
 
