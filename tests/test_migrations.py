@@ -11,9 +11,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 from conftest import ROOT, Broker, Database, PgServer, PipelineRun, unique, wait_until
+from test_backfill import new_bucket
 from test_pipeline import row_count
 
 import db
+from embedded import MotoS3, free_port
 
 RELEASE_1 = Path(__file__).parent / "fixtures" / "schema_release_1.sql"
 
@@ -201,3 +203,20 @@ def test_migrations_are_numbered_from_0002_and_schema_sql_records_the_latest(
     versions = list(db.migrations())
     assert versions == list(range(2, db.latest_version() + 1))
     assert database.scalar("SELECT max(version) FROM schema_version") == db.latest_version()
+
+
+def test_the_backfill_and_the_dashboard_refuse_an_older_schema_with_one_line(
+        pg_server: PgServer, moto_s3: MotoS3, tmp_path: Path) -> None:
+    old = release_1_database(pg_server)
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
+    env = keep | old.env() | moto_s3.env(new_bucket(moto_s3, {})) | {
+        "REJECT_LOG": str(tmp_path / "rejects.log")}
+    commands = (["backfill.py"], ["dashboard.py", "--port", str(free_port())])
+    for command in commands:
+        result = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        output = result.stdout + result.stderr
+        errors = [line for line in output.splitlines() if " ERROR " in line]
+        assert result.returncode == 1, output
+        assert len(errors) == 1 and "python migrate.py" in errors[0], output
+        assert "Traceback" not in output
