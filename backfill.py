@@ -152,10 +152,11 @@ def judge_rows(lines: Iterable[tuple[int, bytes]], source: str, rules: Rules,
     return batch
 
 
-def format_reject(source: str, reject: RowReject, logged_at: datetime) -> str:
+def format_reject(source: str, reject: RowReject, logged_at: datetime,
+                  max_value_bytes: int) -> str:
     """The daemon's reject-log line, located by file and line: `s3://bucket/key:17`."""
     return format_reject_line(logged_at, reject.reason, f"{source}:{reject.line}", reject.detail,
-                              reject.raw)
+                              reject.raw, max_value_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +234,8 @@ def backfill_file(s3: Any, bucket: str, key: str, conn: db.Connection, reject_lo
         for chunk in batches(((n, raw) for n, raw in lines if raw), batch_size):
             batch = judge_rows(chunk, source, rules, datetime.now(UTC))
             logged_at = datetime.now(UTC)
-            reject_log.write([format_reject(source, r, logged_at) for r in batch.rejects])
+            reject_log.write([format_reject(source, r, logged_at, reject_log.max_value_bytes)
+                              for r in batch.rejects])
             rejected = [db.Rejected(r.reason, logged_at, source, SOURCE_PARTITION, r.line)
                         for r in batch.rejects]
             result = db.write_interactions(conn, batch.ratings, batch.requests, rejected)
@@ -289,7 +291,7 @@ def run(settings: BackfillSettings) -> int:
     started = time.monotonic()
     try:
         db.upsert_exhibitions(conn, exhibitions.values())
-        reject_log = RejectLog(settings.REJECT_LOG)
+        reject_log = RejectLog(settings.REJECT_LOG, settings.REJECT_LOG_MAX_VALUE_BYTES)
         try:
             summaries = backfill(s3_client(), settings.S3_BUCKET, conn, reject_log, rules,
                                  settings.BATCH_SIZE)

@@ -52,11 +52,15 @@ class DatabaseSettings:
 
     @property
     def effective_sslmode(self) -> str:
-        """TLS is required unless asked otherwise or the server is on this machine."""
-        if self.sslmode:
-            return self.sslmode
-        is_local = self.host in LOCAL_HOSTS or self.host.startswith("/")
-        return "prefer" if is_local else "require"
+        return effective_sslmode(self.host, self.sslmode)
+
+
+def effective_sslmode(host: str, sslmode: str | None) -> str:
+    """TLS is required unless asked otherwise or the server is on this machine."""
+    if sslmode:
+        return sslmode
+    is_local = host in LOCAL_HOSTS or host.startswith("/")
+    return "prefer" if is_local else "require"
 
 
 class Interaction(NamedTuple):
@@ -117,6 +121,27 @@ def open_connection(settings: DatabaseSettings, application_name: str) -> Connec
         keepalives_interval=10,
         keepalives_count=3,
     )
+
+
+class TlsState(NamedTuple):
+    """How a connection reaches the server: `verified` only when libpq checked both the
+    certificate chain and that the certificate names the host (sslmode verify-full)."""
+
+    sslmode: str
+    protocol: str | None  # None: no TLS
+    verified: bool
+
+    def describe(self) -> str:
+        if self.protocol is None:
+            return f"no TLS (sslmode={self.sslmode})"
+        identity = "server identity verified" if self.verified else "server identity NOT verified"
+        return f"{self.protocol} (sslmode={self.sslmode}, {identity})"
+
+
+def tls_state(conn: Connection, settings: DatabaseSettings) -> TlsState:
+    protocol = conn.info.ssl_attribute("protocol") if conn.info.ssl_in_use else None
+    return TlsState(settings.effective_sslmode, protocol,
+                    protocol is not None and settings.effective_sslmode == "verify-full")
 
 
 def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:

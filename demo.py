@@ -140,7 +140,7 @@ def report(url: str, reject_log: Path, server: EmbeddedPostgres) -> str:
     lines.append("rejected: " + (", ".join(f"{reason} {count}" for reason, count in
                                            sorted(rejects.items())) or "none"))
     lines += [
-        f"database:   {url} (data in {server.data_dir}; still running so you can look inside)",
+        f"database:   {url} (data in {server.cluster_dir}; still running so you can look inside)",
         f"reject log: {reject_log}",
         f"look inside: {psql_path()} -h 127.0.0.1 -p {server.port} -U postgres {DATABASE}",
         "stop the database: python3 dev.py demo --stop-db",
@@ -151,14 +151,15 @@ def report(url: str, reject_log: Path, server: EmbeddedPostgres) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     server = EmbeddedPostgres(args.data_dir / "pg", args.pg_port)
-    if args.stop_db or args.fresh:
+    if args.stop_db:
         server.stop()
-        if args.stop_db:
-            return 0
+        return 0
+    if args.fresh:
+        server.remove()
     if args.fresh and args.data_dir.exists():
         shutil.rmtree(args.data_dir)
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    print(f"starting PostgreSQL ({args.data_dir / 'pg'}, port {args.pg_port}), "
+    print(f"starting PostgreSQL ({server.cluster_dir}, port {args.pg_port}), "
           "the Kafka mock cluster and the S3 server...", flush=True)
     server.start()
     server.create_database(DATABASE)

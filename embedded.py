@@ -10,7 +10,9 @@ Nothing here is used by the production daemon; it only needs the addresses these
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import hashlib
 import logging
 import os
 import pwd
@@ -18,6 +20,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -28,8 +31,9 @@ import confluent_kafka
 from confluent_kafka import Producer
 
 PG_SUPERUSER = "postgres"
-# PostgreSQL refuses to run as root; when we are root it runs as this system user.
-PG_SYSTEM_USER = "lmnh_pg"
+# PostgreSQL refuses to run as root; when we are root it runs as this existing user (adding one
+# would change the system), in a private folder of its own.
+PG_SYSTEM_USER = "nobody"
 
 
 def free_port() -> int:
@@ -56,71 +60,137 @@ def _as_root() -> bool:
     return os.geteuid() == 0
 
 
+def _system_account() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        message = f"no user {PG_SYSTEM_USER!r} to run PostgreSQL as (it refuses to run as root)"
+        raise RuntimeError(message) from None
+
+
 def _pg_identity() -> dict[str, object]:
     """subprocess arguments that run a server tool as PG_SYSTEM_USER (and its group) when root."""
     if not _as_root():
         return {}
-    return {"user": PG_SYSTEM_USER, "group": PG_SYSTEM_USER, "extra_groups": []}
+    account = _system_account()
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
-def _ensure_system_user() -> None:
+def _link_or_copy(source: str, target: str) -> None:
     try:
-        pwd.getpwnam(PG_SYSTEM_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER],
-                       check=True, capture_output=True)
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
 
 
-def _open_path_for(path: Path, user: str) -> None:
-    """Let `user` reach `path`: own it and make its parents traversable (o+x)."""
-    entry = pwd.getpwnam(user)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-    for parent in path.parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+def _private_home(requested: Path) -> Path:
+    """As root, where the server for `requested` really lives: a folder of the temp directory,
+    0700 and owned by PG_SYSTEM_USER, holding the data and a copy of the server binaries.
+
+    PostgreSQL will not run as root, and PG_SYSTEM_USER may not reach a clone in a 0700 home
+    (neither its data folder nor the binaries in its .venv); this needs no folder above the
+    project opened. The name follows from `requested`, so the demo finds its data again.
+    """
+    key = hashlib.sha256(str(requested.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"lmnh-pg-{key}"
+
+
+def _prepare_private_home(requested: Path) -> None:
+    """Create the private folder (refusing one someone else made) and copy the binaries in."""
+    account = _system_account()
+    home = _private_home(requested)
+    with contextlib.suppress(FileExistsError):
+        home.mkdir(mode=0o700)
+        os.chown(home, account.pw_uid, account.pw_gid)
+    found = home.lstat()
+    if (not stat.S_ISDIR(found.st_mode) or found.st_uid != account.pw_uid
+            or found.st_mode & 0o077):
+        raise RuntimeError(f"{home} is not a private folder of {PG_SYSTEM_USER}: remove it")
+    # The binaries find their shared libraries through $ORIGIN/../../../<package>.libs, so the
+    # copy keeps the wheel's layout: site/<package>/pginstallNN and site/<package>.libs.
+    install = _pg_bin().parent
+    package = install.parent
+    site = home / "site"
+    marker = home / "copied-from"
+    if not marker.exists() or marker.read_text() != str(install):
+        shutil.rmtree(site, ignore_errors=True)
+        for source, target in ((install, site / package.name / install.name),
+                               (package.parent / f"{package.name}.libs",
+                                site / f"{package.name}.libs")):
+            if source.is_dir():
+                shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+        marker.write_text(str(install))
 
 
 @dataclass
 class EmbeddedPostgres:
-    """A PostgreSQL server in `data_dir`, listening on 127.0.0.1:`port`.
+    """A PostgreSQL server for `data_dir`, listening on 127.0.0.1:`port`.
 
     `settings` are extra server settings for `start`, e.g. {"track_commit_timestamp": "on"}.
+    Run as root, the server runs as PG_SYSTEM_USER with its data in a private folder of the temp
+    directory (`cluster_dir`) instead of `data_dir`; `remove` deletes it.
     """
 
     data_dir: Path
     port: int
     settings: Mapping[str, str] = field(default_factory=dict)
+    # Other server binaries, e.g. Debian's /usr/lib/postgresql/15/bin (built with TLS, which
+    # the pip package's are not); they must be reachable by PG_SYSTEM_USER.
+    bin_dir: Path | None = None
+
+    @property
+    def cluster_dir(self) -> Path:
+        """Where the server keeps its data."""
+        return _private_home(self.data_dir) / "data" if _as_root() else self.data_dir
+
+    def _tool(self, name: str) -> str:
+        if self.bin_dir is not None:
+            return str(self.bin_dir / name)
+        if _as_root():
+            install = _pg_bin().parent
+            return str(_private_home(self.data_dir) / "site" / install.parent.name / install.name
+                       / "bin" / name)
+        return str(_pg_bin() / name)
 
     def _run(self, tool: str, *args: str) -> None:
-        result = subprocess.run([str(_pg_bin() / tool), *args], capture_output=True, text=True,
+        result = subprocess.run([self._tool(tool), *args], capture_output=True, text=True,
                                 **_pg_identity())
         if result.returncode != 0:
             raise RuntimeError(f"{tool} failed: {' '.join(result.stderr.split())}")
 
     def start(self) -> EmbeddedPostgres:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         if _as_root():
-            _ensure_system_user()
-            _open_path_for(self.data_dir, PG_SYSTEM_USER)
-        if not (self.data_dir / "PG_VERSION").exists():
+            _prepare_private_home(self.data_dir)
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        data = self.cluster_dir
+        if not (data / "PG_VERSION").exists():
             self._run("initdb", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
-                      "-U", PG_SUPERUSER, "-D", str(self.data_dir))
+                      "-U", PG_SUPERUSER, "-D", str(data))
         if not self.running():
             extra = "".join(f" -c {name}={value}" for name, value in self.settings.items())
-            options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=on{extra}"
-            self._run("pg_ctl", "-w", "-t", "60", "-D", str(self.data_dir), "-o", options,
-                      "-l", str(self.data_dir / "server.log"), "start")
+            options = f"-h 127.0.0.1 -p {self.port} -k {data} -c fsync=on{extra}"
+            self._run("pg_ctl", "-w", "-t", "60", "-D", str(data), "-o", options,
+                      "-l", str(data / "server.log"), "start")
         return self
 
     def running(self) -> bool:
-        result = subprocess.run([str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir), "status"],
+        data = self.cluster_dir
+        if not (data / "PG_VERSION").exists():
+            return False
+        result = subprocess.run([self._tool("pg_ctl"), "-D", str(data), "status"],
                                 capture_output=True, **_pg_identity())
         return result.returncode == 0
 
     def stop(self, mode: str = "fast") -> None:
         if self.running():
-            self._run("pg_ctl", "-w", "-D", str(self.data_dir), "-m", mode, "stop")
+            self._run("pg_ctl", "-w", "-D", str(self.cluster_dir), "-m", mode, "stop")
+
+    def remove(self, mode: str = "fast") -> None:
+        """Stop the server and delete its data (as root, its whole private folder)."""
+        self.stop(mode)
+        shutil.rmtree(self.cluster_dir.parent if _as_root() else self.data_dir,
+                      ignore_errors=True)
 
     def create_database(self, name: str) -> None:
         """Create `name` if it does not exist yet."""

@@ -2,8 +2,9 @@
 
 Run `python migrate.py` (settings from the environment and `.env`, as the pipeline's) after
 installing a new release and before starting its pipeline, backfill or dashboard, which refuse
-an older schema. It connects as the role that owns the tables (DATABASE_ADMIN_USERNAME or
---admin-user; otherwise DATABASE_USERNAME), applies every migrations/NNNN_name.sql newer than the
+an older schema. It connects as the administrator role that owns the tables, as
+reset_database.sh does (--admin-user, else DATABASE_ADMIN_USERNAME; its password from PGPASSWORD
+or ~/.pgpass, never DATABASE_PASSWORD), applies every migrations/NNNN_name.sql newer than the
 database's version, each recorded in schema_version, re-applies schema_views.sql and writes the
 museum's clock (MUSEUM_TIMEZONE, OPENING_TIME, CLOSING_TIME): all in one transaction, so a
 failure changes nothing. Running it again on an up-to-date database changes nothing but the
@@ -16,13 +17,14 @@ import requires_python  # noqa: F401 - first: an older Python gets one line
 
 # isort: split
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 import psycopg2
 
 import db
-from settings import MigrateSettings, read_settings
+from settings import EXIT_CONFIG, MigrateSettings, read_settings
 
 
 def _one_line(error: BaseException) -> str:
@@ -31,13 +33,21 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--admin-user", help="the role that owns the tables"
-                        " (default: DATABASE_ADMIN_USERNAME, else DATABASE_USERNAME)")
+    parser.add_argument("--admin-user", metavar="NAME", help="the administrator role that owns"
+                        " the tables (default: DATABASE_ADMIN_USERNAME); its password from"
+                        " PGPASSWORD or ~/.pgpass")
     parser.add_argument("--status", action="store_true",
                         help="print the database's schema version and this release's, then exit")
     args = parser.parse_args(argv)
+    password = os.environ.get("PGPASSWORD", "")  # the operator's, before .env is read
     settings = read_settings(MigrateSettings)
-    target = settings.admin_database(args.admin_user)
+    admin_user = args.admin_user or settings.DATABASE_ADMIN_USERNAME
+    if not admin_user:
+        print("configuration error: no administrator role: pass --admin-user NAME or set"
+              " DATABASE_ADMIN_USERNAME (the pipeline's DATABASE_USERNAME is never used)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    target = settings.admin_database(admin_user, password)
     where = f"{target.host}:{target.port}/{target.name} as {target.user}"
     try:
         conn = db.open_connection(target, "lmnh-migrate")

@@ -96,10 +96,10 @@ def judge_batch(messages: Sequence[Message], rules: Rules, now: datetime) -> Jud
     return batch
 
 
-def format_reject(reject: RejectedMessage, logged_at: datetime) -> str:
+def format_reject(reject: RejectedMessage, logged_at: datetime, max_value_bytes: int) -> str:
     return format_reject_line(logged_at, reject.reason,
                               f"{reject.topic}/{reject.partition}/{reject.offset}",
-                              reject.detail, reject.value)
+                              reject.detail, reject.value, max_value_bytes)
 
 
 # ---------------------------------------------------------------- the imperative shell
@@ -188,7 +188,7 @@ class Pipeline:
         self.stats = Stats()
         self.fatal_error: KafkaError | None = None
         self.pending_offsets: dict[tuple[str, int], int] = {}
-        self.reject_log = RejectLog(settings.REJECT_LOG)
+        self.reject_log = RejectLog(settings.REJECT_LOG, settings.REJECT_LOG_MAX_VALUE_BYTES)
         self.alerts = EmergencyAlerts(settings.ALERT_SNS_TOPIC_ARN, exhibitions,
                                       self.rules.museum_tz)
         self.conn: db.Connection | None = None
@@ -393,7 +393,8 @@ class Pipeline:
     def process(self, messages: Sequence[Message]) -> None:
         batch = judge_batch(messages, self.rules, datetime.now(UTC))
         logged_at = datetime.now(UTC)
-        self.reject_log.write([format_reject(r, logged_at) for r in batch.rejects])
+        limit = self.reject_log.max_value_bytes
+        self.reject_log.write([format_reject(r, logged_at, limit) for r in batch.rejects])
         rejected = [db.Rejected(r.reason, logged_at, r.topic, r.partition, r.offset)
                     for r in batch.rejects]
         self._finish_in_flight()
@@ -474,6 +475,8 @@ def check(settings: PipelineSettings) -> int:
     def s3() -> str:
         return f"{len(load_metadata(settings))} exhibitions in s3://{settings.S3_BUCKET}"
 
+    warnings: list[str] = []
+
     def database() -> str:
         conn = db.connect(settings.database(), application_name="lmnh-pipeline-check")
         try:
@@ -482,11 +485,15 @@ def check(settings: PipelineSettings) -> int:
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM exhibition")
                 count = cur.fetchone()[0]
+            tls = db.tls_state(conn, settings.database())
         finally:
             conn.close()
+        if not tls.verified:
+            warnings.append("database: the server's identity is not verified; in production set "
+                            "DATABASE_SSLMODE=verify-full and DATABASE_SSLROOTCERT (README)")
         return (f"{settings.DATABASE_IP}:{settings.DATABASE_PORT}/{settings.DATABASE_NAME}"
                 f" as {settings.DATABASE_USERNAME}, schema version {version}, museum clock"
-                f" {settings.clock().describe()}, {count} exhibitions stored")
+                f" {settings.clock().describe()}, {count} exhibitions stored, {tls.describe()}")
 
     def kafka() -> str:
         errors: list[KafkaError] = []  # librdkafka's first complaint names the cause
@@ -512,6 +519,8 @@ def check(settings: PipelineSettings) -> int:
         except Exception as error:  # each failure is reported; none stops the other checks
             failures += 1
             print(f"FAIL  {name}: {_one_line(error)}", flush=True)
+    for warning in warnings:
+        print(f"WARN  {warning}", flush=True)
     return 1 if failures else 0
 
 

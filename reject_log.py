@@ -5,6 +5,7 @@ Shared by the daemon and the backfill, so both write the same line format.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -12,25 +13,45 @@ from datetime import datetime
 from pathlib import Path
 
 
+def _utf8_prefix(value: bytes, limit: int) -> bytes:
+    """At most `limit` bytes of valid UTF-8 `value`, never ending inside a character."""
+    if len(value) <= limit:
+        return value
+    cut = limit
+    while cut > 0 and value[cut] & 0xC0 == 0x80:  # a continuation byte: back to the start
+        cut -= 1
+    return value[:cut]
+
+
 def format_reject_line(logged_at: datetime, reason: str, location: str, detail: str,
-                       value: bytes | None) -> str:
-    """One line, whatever the bytes: a UTF-8 value as a JSON string, other bytes as b'...'."""
+                       value: bytes | None, max_value_bytes: int) -> str:
+    """One line, whatever the bytes: time, reason, location, detail, then the value's first
+    `max_value_bytes` bytes (a JSON string if the value is UTF-8, b'...' if not, null if there
+    is none), its full length in bytes and its SHA-256 (hex)."""
     if value is None:
-        shown = "null"
+        shown, length, digest = "null", 0, hashlib.sha256(b"").hexdigest()
     else:
+        length, digest = len(value), hashlib.sha256(value).hexdigest()
         try:
-            shown = json.dumps(value.decode("utf-8"), ensure_ascii=False)
+            value.decode("utf-8")
         except UnicodeDecodeError:
-            shown = repr(value)
+            shown = repr(value[:max_value_bytes])
+        else:
+            shown = json.dumps(_utf8_prefix(value, max_value_bytes).decode("utf-8"),
+                               ensure_ascii=False)
     return (f"{logged_at.isoformat(timespec='milliseconds')}\t{reason}\t{location}\t"
-            f"{detail!r}\t{shown}\n")
+            f"{detail!r}\t{shown}\t{length}\t{digest}\n")
 
 
 class RejectLog:
-    """Appended, flushed and synced per batch; reopened when rotated away."""
+    """Appended, flushed and synced per batch; reopened when rotated away.
 
-    def __init__(self, path: Path) -> None:
+    `max_value_bytes`: how much of each raw value its callers' lines keep.
+    """
+
+    def __init__(self, path: Path, max_value_bytes: int) -> None:
         self.path = path
+        self.max_value_bytes = max_value_bytes
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the process's life
 
     def _reopen_if_rotated(self) -> None:

@@ -13,34 +13,34 @@ DROP VIEW IF EXISTS v_rating, v_request, v_exhibition_hourly, v_exhibition_daily
 -- index by local day is rebuilt and the hourly rollups are recounted from the stored rows.
 DO $$
 DECLARE
-    zone TEXT := (SELECT time_zone FROM museum_settings);
+    zone TEXT := (SELECT time_zone FROM public.museum_settings);
     baked TEXT;
 BEGIN
-    IF to_regprocedure('museum_zone()') IS NOT NULL THEN
-        EXECUTE 'SELECT museum_zone()' INTO baked;
+    IF to_regprocedure('public.museum_zone()') IS NOT NULL THEN
+        EXECUTE 'SELECT public.museum_zone()' INTO baked;
     END IF;
-    EXECUTE format('CREATE OR REPLACE FUNCTION museum_zone() RETURNS TEXT LANGUAGE sql'
+    EXECUTE format('CREATE OR REPLACE FUNCTION public.museum_zone() RETURNS TEXT LANGUAGE sql'
                    ' IMMUTABLE PARALLEL SAFE AS %L', format('SELECT %L::text', zone));
     IF baked IS DISTINCT FROM zone THEN
-        DROP INDEX IF EXISTS rejected_message_local_date_idx;
+        DROP INDEX IF EXISTS public.rejected_message_local_date_idx;
     END IF;
     IF baked IS NOT NULL AND baked <> zone THEN
-        TRUNCATE rating_hourly, request_hourly;
-        INSERT INTO rating_hourly (local_date, exhibition_id, local_hour, rating_value, ratings)
+        TRUNCATE public.rating_hourly, public.request_hourly;
+        INSERT INTO public.rating_hourly (local_date, exhibition_id, local_hour, rating_value, ratings)
         SELECT (event_at AT TIME ZONE zone)::date, exhibition_id,
                extract(hour FROM event_at AT TIME ZONE zone), rating_value, count(*)
-        FROM rating_interaction GROUP BY 1, 2, 3, 4;
-        INSERT INTO request_hourly (local_date, exhibition_id, local_hour, request_value, requests)
+        FROM public.rating_interaction GROUP BY 1, 2, 3, 4;
+        INSERT INTO public.request_hourly (local_date, exhibition_id, local_hour, request_value, requests)
         SELECT (event_at AT TIME ZONE zone)::date, exhibition_id,
                extract(hour FROM event_at AT TIME ZONE zone), request_value, count(*)
-        FROM request_interaction GROUP BY 1, 2, 3, 4;
+        FROM public.request_interaction GROUP BY 1, 2, 3, 4;
         RAISE NOTICE 'museum time zone changed from % to %: hourly rollups recounted', baked, zone;
     END IF;
 END
 $$;
 
 CREATE INDEX IF NOT EXISTS rejected_message_local_date_idx
-    ON rejected_message (((rejected_at AT TIME ZONE museum_zone())::date));
+    ON public.rejected_message (((rejected_at AT TIME ZONE public.museum_zone())::date));
 
 -- Counts the rows a statement (COPY or INSERT) really inserted into the rollup named by the
 -- trigger's arguments (rollup table, value column, count column), in the same transaction: a
@@ -49,18 +49,24 @@ CREATE INDEX IF NOT EXISTS rejected_message_local_date_idx
 -- each quarter is placed in museum time. Every zone's offset is a whole number of quarter hours
 -- (Asia/Kolkata +5:30, Asia/Kathmandu +5:45), so a quarter never straddles two local hours, as
 -- a UTC hour would; several quarters (and the autumn change's repeated hour) map onto one local
--- hour, hence the second GROUP BY. Groups are written in key order, so concurrent writers cannot deadlock.
--- SECURITY DEFINER: the writer role inserts rows; only this function touches the rollups.
-CREATE OR REPLACE FUNCTION count_into_hourly() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+-- hour, hence the second GROUP BY. Groups are written in key order, so concurrent writers cannot
+-- deadlock.
+-- SECURITY DEFINER: the writer role inserts rows; only this function touches the rollups. So that
+-- no other role can make it run their code as its owner, it searches only pg_catalog (and
+-- pg_temp last, where functions and operators are never looked up), names every table and
+-- function by its schema and types every literal: an untyped '1 hour' once let a public.date_bin
+-- (text, ...) planted by another role win over pg_catalog's date_bin(interval, ...).
+CREATE OR REPLACE FUNCTION public.count_into_hourly() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE format($query$
-        INSERT INTO %1$I AS rollup (local_date, exhibition_id, local_hour, %2$I, %3$I)
-        SELECT (quarter_start AT TIME ZONE museum_zone())::date, exhibition_id,
-               extract(hour FROM quarter_start AT TIME ZONE museum_zone()), %2$I, sum(presses)
-        FROM (SELECT date_bin('15 minutes', event_at, TIMESTAMPTZ '2000-01-01 00:00+00')
-                         AS quarter_start,
-                     exhibition_id, %2$I, count(*) AS presses
+    EXECUTE pg_catalog.format($query$
+        INSERT INTO public.%1$I AS rollup (local_date, exhibition_id, local_hour, %2$I, %3$I)
+        SELECT (quarter_start AT TIME ZONE public.museum_zone())::pg_catalog.date, exhibition_id,
+               extract(hour FROM quarter_start AT TIME ZONE public.museum_zone()),
+               %2$I, pg_catalog.sum(presses)
+        FROM (SELECT pg_catalog.date_bin(INTERVAL '15 minutes', event_at,
+                                         TIMESTAMPTZ '2000-01-01 00:00+00') AS quarter_start,
+                     exhibition_id, %2$I, pg_catalog.count(*) AS presses
               FROM new_rows GROUP BY 1, 2, 3) AS per_utc_quarter
         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (local_date, exhibition_id, local_hour, %2$I)
@@ -69,15 +75,17 @@ BEGIN
     RETURN NULL;
 END
 $$;
+-- Only the triggers below call it.
+REVOKE ALL ON FUNCTION public.count_into_hourly() FROM PUBLIC;
 
-DROP TRIGGER IF EXISTS rating_interaction_hourly ON rating_interaction;
-DROP TRIGGER IF EXISTS request_interaction_hourly ON request_interaction;
-CREATE TRIGGER rating_interaction_hourly AFTER INSERT ON rating_interaction
+DROP TRIGGER IF EXISTS rating_interaction_hourly ON public.rating_interaction;
+DROP TRIGGER IF EXISTS request_interaction_hourly ON public.request_interaction;
+CREATE TRIGGER rating_interaction_hourly AFTER INSERT ON public.rating_interaction
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    EXECUTE FUNCTION count_into_hourly('rating_hourly', 'rating_value', 'ratings');
-CREATE TRIGGER request_interaction_hourly AFTER INSERT ON request_interaction
+    EXECUTE FUNCTION public.count_into_hourly('rating_hourly', 'rating_value', 'ratings');
+CREATE TRIGGER request_interaction_hourly AFTER INSERT ON public.request_interaction
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    EXECUTE FUNCTION count_into_hourly('request_hourly', 'request_value', 'requests');
+    EXECUTE FUNCTION public.count_into_hourly('request_hourly', 'request_value', 'requests');
 
 -- ---------------------------------------------------------------- views for Tableau and SQL
 -- Stable names and columns: workbooks use these, so the tables underneath may change.
@@ -217,6 +225,25 @@ BEGIN
 END
 $$;
 
+-- Only the schema's owner creates objects in public. PostgreSQL 14 and older (and databases
+-- upgraded from them) let every role create there, so a reader could plant a function or an
+-- operator that a statement run as another role would pick up.
+REVOKE CREATE ON SCHEMA public FROM PUBLIC, lmnh_writer, lmnh_reader;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace AS n,
+                   pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) AS a
+               WHERE n.nspname = 'public' AND a.grantee = 0 AND a.privilege_type = 'CREATE') THEN
+        RAISE EXCEPTION 'every role may still create objects in schema public'
+            USING HINT = 'run this as the owner of schema public (or a superuser)';
+    END IF;
+END
+$$;
+
+-- What each role needs, and nothing else: what an earlier version granted is taken back first,
+-- so the grants below are the whole list (add a new grant after them).
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM lmnh_writer, lmnh_reader;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM lmnh_writer, lmnh_reader;
 GRANT USAGE ON SCHEMA public TO lmnh_writer, lmnh_reader;
 -- Tables and views alike: the reader reads everything and writes nothing.
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_reader;

@@ -10,7 +10,6 @@ setting (`SASL_MECHANISM=`) counts as not set. Errors name the setting, never it
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -32,18 +31,23 @@ class _Environment(BaseSettings):
                                       env_ignore_empty=True)
 
 
-class DatabaseEnvironment(_Environment):
-    """The DATABASE_* settings, shared by every entry point."""
+class DatabaseServerEnvironment(_Environment):
+    """Which database, where, and how TLS reaches it: every entry point and reset_database.sh."""
 
     DATABASE_NAME: str = Field(min_length=1)
-    DATABASE_USERNAME: str = Field(min_length=1)
-    # Blank or unset: none is sent, and libpq may take one from ~/.pgpass.
-    DATABASE_PASSWORD: SecretStr = SecretStr("")
     DATABASE_IP: str = Field(min_length=1)
     DATABASE_PORT: int = Field(5432, ge=1, le=65535)
     DATABASE_SSLMODE: Literal["disable", "allow", "prefer", "require", "verify-ca",
                               "verify-full"] | None = None
     DATABASE_SSLROOTCERT: str | None = None
+
+
+class DatabaseEnvironment(DatabaseServerEnvironment):
+    """The DATABASE_* settings, shared by every entry point."""
+
+    DATABASE_USERNAME: str = Field(min_length=1)
+    # Blank or unset: none is sent, and libpq may take one from ~/.pgpass.
+    DATABASE_PASSWORD: SecretStr = SecretStr("")
     DATABASE_CONNECT_TIMEOUT_S: int = Field(10, ge=1)
     DATABASE_STATEMENT_TIMEOUT_MS: int = Field(30_000, ge=100)
 
@@ -149,6 +153,9 @@ class BackfillSettings(DatabaseEnvironment, MuseumEnvironment):
 
     S3_BUCKET: str = Field(min_length=3)
     REJECT_LOG: Path = Path("erroneous_data.log")
+    # Bytes of a rejected value kept in its reject-log line (its length and SHA-256 always are):
+    # a flood of big junk then writes a few KiB a message, not the message.
+    REJECT_LOG_MAX_VALUE_BYTES: int = Field(4096, ge=0, le=1_048_576)
     BATCH_SIZE: int = Field(5000, ge=1, le=100_000)
 
 
@@ -166,23 +173,31 @@ class PipelineSettings(BackfillSettings, KafkaEnvironment):
     HEALTH_STALL_S: int = Field(120, ge=5)
 
 
-class MigrateSettings(DatabaseEnvironment, MuseumEnvironment):
-    """The schema upgrade: the database, as an administrator (who owns the tables), and the
-    museum's clock to write into it."""
+class MigrateSettings(DatabaseServerEnvironment, MuseumEnvironment):
+    """migrate.py: the database, as the administrator role that owns the tables (as for
+    reset_database.sh), and the museum's clock to write into it."""
 
-    # The role that owns the tables; unset: DATABASE_USERNAME. Its password: unset, none is
-    # sent, and libpq may take one from ~/.pgpass.
     DATABASE_ADMIN_USERNAME: str | None = None
-    DATABASE_ADMIN_PASSWORD: SecretStr | None = None
+    DATABASE_CONNECT_TIMEOUT_S: int = Field(10, ge=1)
 
-    def admin_database(self, user: str | None = None) -> db.DatabaseSettings:
-        settings = self.database()
-        admin = user or self.DATABASE_ADMIN_USERNAME
-        if admin is None:
-            return settings
-        password = self.DATABASE_ADMIN_PASSWORD
-        return replace(settings, user=admin,
-                       password=password.get_secret_value() if password else "")
+    def admin_database(self, user: str, password: str) -> db.DatabaseSettings:
+        """No statement timeout: a migration may rewrite a large table."""
+        return db.DatabaseSettings(
+            host=self.DATABASE_IP, port=self.DATABASE_PORT, name=self.DATABASE_NAME, user=user,
+            password=password, sslmode=self.DATABASE_SSLMODE,
+            sslrootcert=self.DATABASE_SSLROOTCERT,
+            connect_timeout_s=self.DATABASE_CONNECT_TIMEOUT_S, statement_timeout_ms=0)
+
+
+class ResetSettings(DatabaseServerEnvironment, MuseumEnvironment):
+    """reset_database.sh: the database, the administrator role that recreates its schema, and the
+    museum's clock it writes into it.
+
+    Never the pipeline's DATABASE_USERNAME or DATABASE_PASSWORD: the administrator's password
+    comes from PGPASSWORD or ~/.pgpass, as for any libpq tool.
+    """
+
+    DATABASE_ADMIN_USERNAME: str | None = None
 
 
 class DashboardSettings(DatabaseEnvironment):

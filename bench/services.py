@@ -173,7 +173,7 @@ def running_services(workdir: Path) -> Iterator[Services]:
     """The services, stopped on the way out whatever happens."""
     with ExitStack() as stack:
         postgres = EmbeddedPostgres(workdir / "pg", free_port(), {"track_commit_timestamp": "on"})
-        stack.callback(postgres.stop)
+        stack.callback(postgres.remove)  # the workdir is temporary
         postgres.start()
         s3 = MotoS3()
         stack.callback(s3.stop)

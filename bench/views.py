@@ -270,10 +270,11 @@ def explain(conn: psycopg2.extensions.connection, call: Callable[[], Any]) -> No
 def running_postgres(workdir: Path | None) -> Iterator[EmbeddedPostgres]:
     """The embedded server in `workdir` (kept) or a temporary directory, stopped on the way out."""
     with ExitStack() as stack:
+        kept = workdir is not None
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="views-")))
         postgres = EmbeddedPostgres(workdir / "pg", free_port(), SERVER_SETTINGS)
-        stack.callback(postgres.stop)
+        stack.callback(postgres.stop if kept else postgres.remove)
         postgres.start()
         yield postgres
 

@@ -101,7 +101,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     server = _start_embedded(tmp_path_factory.mktemp("pg") / "data")
     yield server
     assert server.embedded is not None
-    server.embedded.stop()
+    server.embedded.remove()
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def private_pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgSe
     server = _start_embedded(tmp_path_factory.mktemp("pg_private") / "data")
     yield server
     assert server.embedded is not None
-    server.embedded.stop("immediate")
+    server.embedded.remove("immediate")
 
 
 def apply_schema(url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -82,7 +83,7 @@ def load(moto_s3: MotoS3, bucket: str, database: Database, reject_log: Path,
          batch_size: int = 5000, s3: Any = None) -> dict[str, backfill.FileSummary]:
     """The backfill through its functions, as the command runs them; summaries by key."""
     conn = connect(database)
-    log = RejectLog(reject_log)
+    log = RejectLog(reject_log, 4096)
     try:
         exhibitions = load_exhibitions(moto_s3.client(), bucket)
         db.upsert_exhibitions(conn, exhibitions.values())
@@ -276,11 +277,13 @@ def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, bucket: str, databa
 
     rejects = reject_lines(reject_log)
     assert len(rejects) == 52
-    for _logged_at, reason, location, _detail, value in rejects:
+    for _logged_at, reason, location, _detail, value, length, sha256 in rejects:
         assert reason == "outside_hours"
         key, line = location.removeprefix(f"s3://{bucket}/").split(":")
         physical_line = (SHARED_S3 / key).read_text().splitlines()[int(line) - 1]
         assert json.loads(value) == physical_line
+        assert (int(length), sha256) == (len(physical_line.encode()),
+                                         hashlib.sha256(physical_line.encode()).hexdigest())
         assert physical_line[11:19] < "08:45:00"
 
     assert database.query(
@@ -348,7 +351,7 @@ def test_clock_change_days_are_converted_or_rejected(moto_s3: MotoS3, database: 
         (8, datetime(2026, 10, 25, 18, 15, tzinfo=UTC)),
     ]
     rejects = {location.rsplit(":", 1)[1]: reason
-               for _, reason, location, _, _ in reject_lines(tmp_path / "rejects.log")}
+               for _, reason, location, *_ in reject_lines(tmp_path / "rejects.log")}
     assert rejects == {"3": "nonexistent_local_time", "4": "outside_hours",
                        "6": "ambiguous_local_time"}
 

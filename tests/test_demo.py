@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg2
 from conftest import ROOT
 
-from embedded import free_port
+from embedded import EmbeddedPostgres, free_port
 
 
 def test_the_demo_runs_and_its_report_matches_the_database(tmp_path: Path) -> None:
@@ -55,3 +55,4 @@ def test_the_demo_runs_and_its_report_matches_the_database(tmp_path: Path) -> No
     finally:
         subprocess.run([sys.executable, str(ROOT / "demo.py"), "--stop-db", *where], cwd=ROOT,
                        timeout=60, check=True)
+        EmbeddedPostgres(tmp_path / "demo" / "pg", int(port)).remove()  # as root: in /tmp

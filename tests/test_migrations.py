@@ -114,6 +114,8 @@ def release_1_database(server: PgServer) -> Database:
 def migrate(database: Database, *args: str,
             extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")} | database.env()
+    env |= {"DATABASE_ADMIN_USERNAME": env.pop("DATABASE_USERNAME"),  # the server's superuser
+            "PGPASSWORD": env.pop("DATABASE_PASSWORD")}
     return subprocess.run([sys.executable, str(ROOT / "migrate.py"), *args], cwd=ROOT,
                           env=env | (extra or {}), capture_output=True, text=True, timeout=120)
 
@@ -220,3 +222,13 @@ def test_the_backfill_and_the_dashboard_refuse_an_older_schema_with_one_line(
         assert result.returncode == 1, output
         assert len(errors) == 1 and "python migrate.py" in errors[0], output
         assert "Traceback" not in output
+
+
+def test_migrate_needs_an_administrator_role(pg_server: PgServer) -> None:
+    database = release_1_database(pg_server)
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")} | database.env()
+    result = subprocess.run([sys.executable, str(ROOT / "migrate.py")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "--admin-user" in result.stderr
+    assert db.schema_version(psycopg2.connect(database.url)) == 1  # nothing was touched

@@ -106,6 +106,7 @@ def test_migrate_writes_a_changed_clock_and_recounts_the_rollups(database: Datab
     assert len(database.query("SELECT 1 FROM rating_hourly")) == len(local_hours(STAMPS,
                                                                              "Europe/London"))
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")} | database.env()
+    env["DATABASE_ADMIN_USERNAME"] = env["DATABASE_USERNAME"]  # the server's superuser
     result = subprocess.run(
         [sys.executable, str(ROOT / "migrate.py")], cwd=ROOT, capture_output=True, text=True,
         env=env | {"MUSEUM_TIMEZONE": KOLKATA, "OPENING_TIME": "09:30", "CLOSING_TIME": "17:00"},

@@ -120,7 +120,7 @@ def test_the_real_capture_end_to_end(broker: Broker, database: Database,
     reasons = Counter(line.split("\t")[1] for line in lines)
     assert reasons == {"invalid_val": 231, "invalid_type": 217, "unknown_site": 200,
                        "missing_key": 152, "outside_hours": 73}
-    assert all(len(line.split("\t")) == 5 for line in lines)
+    assert all(len(line.split("\t")) == 7 for line in lines)
     output = run.text()
     assert "loaded 6 exhibitions" in output
     assert "stats: consumed=5018 accepted=4145" in output
@@ -233,9 +233,12 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
 
 
 def reset(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    path = f"{Path(psql_path()).parent}:{os.environ['PATH']}"
+    """reset_database.sh with the test server's superuser as its administrator role."""
+    path = f"{Path(sys.executable).parent}:{Path(psql_path()).parent}:{os.environ['PATH']}"
+    admin = {"DATABASE_ADMIN_USERNAME": env.get("DATABASE_USERNAME", ""),
+             "PGPASSWORD": env.get("DATABASE_PASSWORD", "")}
     return subprocess.run(["bash", str(ROOT / "reset_database.sh"), *args],
-                          env={"PATH": path, "HOME": os.environ.get("HOME", "/")} | env,
+                          env={"PATH": path, "HOME": os.environ.get("HOME", "/")} | admin | env,
                           capture_output=True, text=True, timeout=60)
 
 

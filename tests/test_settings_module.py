@@ -16,7 +16,8 @@ from test_backfill import new_bucket
 from embedded import MotoS3
 from settings import DashboardSettings, MigrateSettings, PipelineSettings
 
-ENTRY_POINTS = ("pipeline.py", "backfill.py", "dashboard.py", "demo.py", "migrate.py")
+ENTRY_POINTS = ("pipeline.py", "backfill.py", "dashboard.py", "demo.py", "migrate.py",
+                "reset_database.py", "tableau_workbook.py")
 DATABASE = {"DATABASE_NAME": "museum", "DATABASE_USERNAME": "lmnh_writer",
             "DATABASE_IP": "127.0.0.1"}
 KAFKA = {"BOOTSTRAP_SERVERS": "127.0.0.1:9092", "GROUP": "g", "TOPIC": "lmnh"}
@@ -60,8 +61,7 @@ def test_the_dashboard_needs_only_the_database_settings(
     clean_env(monkeypatch, DATABASE)
     assert DashboardSettings().database().user == "lmnh_writer"
     migrate = MigrateSettings()  # the migration: the database and the clock, nothing else
-    assert migrate.admin_database().user == "lmnh_writer"
-    assert migrate.admin_database("lmnh_admin").user == "lmnh_admin"
+    assert migrate.admin_database("lmnh_admin", "").user == "lmnh_admin"
     clean_env(monkeypatch, {k: v for k, v in DATABASE.items() if k != "DATABASE_IP"})
     with pytest.raises(ValueError, match="DATABASE_IP"):
         DashboardSettings()
