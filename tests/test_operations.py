@@ -234,4 +234,6 @@ def test_check_against_an_unreachable_broker_prints_one_line_for_it(
     lines = check.text().splitlines()
     assert [line for line in lines if "kafka" in line.lower()] == \
         [next(line for line in lines if line.startswith("FAIL  kafka:"))], lines
-    assert len(lines) == 3, lines  # s3, database, kafka
+    # One line per service (and the TLS warning): nothing from librdkafka's reconnect attempts.
+    assert all(line.startswith(("ok    ", "FAIL  ", "WARN  ")) for line in lines), lines
+    assert len(lines) <= 4, lines
