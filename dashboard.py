@@ -1,12 +1,17 @@
-"""The LMNH live dashboard: emergencies, ratings, requests by hour and rejects, in a browser.
+"""The LMNH live dashboard: emergencies, ratings, requests, trends and rejects, behind a login.
 
-Run `python dashboard.py [--host 127.0.0.1] [--port 8050]`, configured by the pipeline's
-DATABASE_* variables (the environment, then `.env`). It reads only the views of schema.sql, in
-read-only transactions with a short statement timeout, and refreshes itself every 15 seconds.
+Served by gunicorn (`gunicorn 'dashboard:wsgi()'`, deploy/lmnh-dashboard.service) behind a TLS
+reverse proxy; `python dashboard.py` runs it on 127.0.0.1 only, for a desk or the demo
+(`--allow-anonymous` skips the sign-in there). `python dashboard.py add-user NAME --roles ...
+--password-file FILE` adds a user to the password file. Configured by the DATABASE_* and
+DASHBOARD_* settings (the environment, then `.env`). It reads only the views of schema.sql, in
+read-only transactions with a short statement timeout.
 
-Functional core: the `read_*` functions run one query each and return plain data, which the
-tests check against SQL. Imperative shell: the Dash layout and its one callback turn a
-`Snapshot` into tables and figures. "Today" is the museum's (Europe/London) date.
+Functional core: the `read_*` functions run one query each and return plain data, which the tests
+check against SQL, and `weekly`/`range_ratings` turn daily figures into what the filters ask.
+Imperative shell: one `SnapshotCache` per process reads the database at most once per refresh
+interval for every viewer; the Dash layout shows each viewer the parts of their roles, and every
+callback checks the role of its panel. "Today" is the museum's date (`museum_zone`).
 """
 
 from __future__ import annotations
@@ -15,28 +20,35 @@ import requires_python  # noqa: F401 - first: an older Python gets one line
 
 # isort: split
 import argparse
+import functools
+import getpass
 import logging
 import sys
-from collections import Counter
-from collections.abc import Sequence
+import threading
+import time as monotonic_clock
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import plotly.graph_objects as go
 import psycopg2
-from dash import Dash, Input, Output, dcc, html, no_update
+from dash import Dash, Input, Output, dcc, html
+from dash.exceptions import PreventUpdate
+from flask import abort
 from plotly.subplots import make_subplots
 from psycopg2.extensions import ISOLATION_LEVEL_REPEATABLE_READ
 from psycopg2.extensions import connection as Connection
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+import dashboard_auth as auth
 import db
-from settings import DashboardSettings, read_settings
+from settings import EXIT_CONFIG, DashboardSettings, MuseumEnvironment, read_settings
 
 log = logging.getLogger("dashboard")
-MUSEUM_TZ = ZoneInfo("Europe/London")  # the views' zone: main() reads the database's
-REFRESH_MS = 15_000
 STATEMENT_TIMEOUT_MS = 5_000
 USUAL_WEEKS = 8  # "usual" is the mean over up to this many earlier same weekdays
 OPEN_HOURS = range(8, 19)  # 08:45 to 18:15, by the hour
@@ -45,7 +57,22 @@ RATING_COLOURS = ("#c62828", "#ef6c00", "#9e9e9e", "#7cb342", "#2e7d32")
 PERIODS = ("Today", "Last 7 days", "All time")
 SLIPPING = 0.2  # a 7-day mean this far below the all-time mean is shown in red
 SHOWN_EMERGENCIES = 10  # the banner lists the latest ones
+TREND_WEEKS = 8  # the trends' date range starts this many weeks back by default
 NONE = "-"  # a mean over no ratings
+
+
+@functools.cache
+def museum_zone() -> ZoneInfo:
+    """The museum's time zone (MUSEUM_TIMEZONE): the one place the dashboard takes it from."""
+    return ZoneInfo(MuseumEnvironment().MUSEUM_TIMEZONE)
+
+
+def museum_now() -> datetime:
+    return datetime.now(museum_zone())
+
+
+def museum_today() -> date:
+    return museum_now().date()
 
 
 def connect(settings: db.DatabaseSettings) -> Connection:
@@ -54,10 +81,6 @@ def connect(settings: db.DatabaseSettings) -> Connection:
                               "lmnh-dashboard")
     conn.set_session(isolation_level=ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     return conn
-
-
-def museum_today() -> date:
-    return datetime.now(MUSEUM_TZ).date()
 
 
 # ---------------------------------------------------------------- functional core: the queries
@@ -103,20 +126,9 @@ class FloorRequests:
     emergency: int
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    today: date
-    read_at: datetime  # museum-local
-    emergencies: list[Emergency]
-    ratings: list[ExhibitionRatings]
-    requests: RequestsByHour
-    floors: list[FloorRequests]
-    rejects: list[tuple[str, int]]
-
-
 def read_emergencies(conn: Connection, day: date) -> list[Emergency]:
     """The emergency requests of museum-local `day`, newest first."""
-    midnight = datetime.combine(day, time(), MUSEUM_TZ)
+    midnight = datetime.combine(day, time(), museum_zone())
     with conn.cursor() as cur:
         cur.execute("""
             SELECT event_at_local, exhibition_id || ' ' || exhibition_name, floor
@@ -128,20 +140,17 @@ def read_emergencies(conn: Connection, day: date) -> list[Emergency]:
 
 
 def read_ratings(conn: Connection, today: date) -> list[ExhibitionRatings]:
-    """Per exhibition and period: ratings, mean and shares, from the daily view's figures.
-
-    The view rounds a day's mean to 3 decimals and its shares to 4, so these are that precise.
-    """
+    """Per exhibition and period: ratings, mean and shares, as ratios of the daily view's sums."""
     first_days = [today, today - timedelta(days=6), date.min]  # by PERIODS
     with conn.cursor() as cur:
         cur.execute("""
             SELECT d.exhibition_id || ' ' || d.exhibition_name, d.floor, p.period,
-                   sum(d.ratings)::int, sum(d.mean_rating * d.ratings) / sum(d.ratings),
-                   sum(d.share_terrible * d.ratings) / sum(d.ratings),
-                   sum(d.share_bad * d.ratings) / sum(d.ratings),
-                   sum(d.share_neutral * d.ratings) / sum(d.ratings),
-                   sum(d.share_good * d.ratings) / sum(d.ratings),
-                   sum(d.share_amazing * d.ratings) / sum(d.ratings)
+                   sum(d.ratings)::int, sum(d.rating_sum)::numeric / sum(d.ratings),
+                   sum(d.n_terrible)::numeric / sum(d.ratings),
+                   sum(d.n_bad)::numeric / sum(d.ratings),
+                   sum(d.n_neutral)::numeric / sum(d.ratings),
+                   sum(d.n_good)::numeric / sum(d.ratings),
+                   sum(d.n_amazing)::numeric / sum(d.ratings)
             FROM v_exhibition_daily d
             JOIN unnest(%(periods)s::text[], %(first_days)s::date[]) AS p (period, first_day)
               ON d.local_date BETWEEN p.first_day AND %(today)s
@@ -219,21 +228,173 @@ def read_rejects(conn: Connection, day: date) -> list[tuple[str, int]]:
         return cur.fetchall()
 
 
+@dataclass(frozen=True, slots=True)
+class Day:
+    """One exhibition's figures for one museum-local day: what the trends are made of."""
+
+    exhibition: str
+    floor: str
+    day: date
+    ratings: int
+    # The day's rating values summed: a weekly mean is then a ratio of sums, never a mean of
+    # daily means.
+    rating_sum: int
+    assistance: int
+    emergency: int
+
+
+def read_days(conn: Connection) -> list[Day]:
+    """Every exhibition-day of the daily view (small: one row per exhibition and day)."""
+    with conn.cursor() as cur:
+        cur.execute("""
+            SELECT exhibition_id || ' ' || exhibition_name, floor, local_date, ratings::int,
+                   rating_sum::int, assistance::int, emergency::int
+            FROM v_exhibition_daily
+            ORDER BY local_date, exhibition_id""")
+        return [Day(*row) for row in cur.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What the trends' filters ask for: museum-local days `first` to `last`, some exhibitions."""
+
+    first: date
+    last: date
+    exhibitions: frozenset[str]
+
+
+def chosen(days: Iterable[Day], choice: Choice) -> list[Day]:
+    return [d for d in days
+            if choice.first <= d.day <= choice.last and d.exhibition in choice.exhibitions]
+
+
+def monday(day: date) -> date:
+    return day - timedelta(days=day.weekday())
+
+
+@dataclass(frozen=True, slots=True)
+class Weekly:
+    """Per ISO week (by its Monday) of the chosen days: mean rating per exhibition, requests."""
+
+    weeks: list[date]
+    means: dict[str, list[float | None]]  # None: no ratings that week
+    assistance: list[int]
+    emergency: list[int]
+
+
+def weekly(days: Iterable[Day], choice: Choice) -> Weekly:
+    weeks = [monday(choice.first) + timedelta(weeks=n)
+             for n in range((monday(choice.last) - monday(choice.first)).days // 7 + 1)]
+    sums: dict[str, Counter[date]] = defaultdict(Counter)
+    counts: dict[str, Counter[date]] = defaultdict(Counter)
+    assistance: Counter[date] = Counter()
+    emergency: Counter[date] = Counter()
+    for d in chosen(days, choice):
+        week = monday(d.day)
+        sums[d.exhibition][week] += d.rating_sum
+        counts[d.exhibition][week] += d.ratings
+        assistance[week] += d.assistance
+        emergency[week] += d.emergency
+    means = {exhibition: [sums[exhibition][w] / counts[exhibition][w]
+                          if counts[exhibition][w] else None for w in weeks]
+             for exhibition in sorted(counts) if sum(counts[exhibition].values())}
+    return Weekly(weeks, means, [assistance[w] for w in weeks], [emergency[w] for w in weeks])
+
+
+def range_ratings(days: Iterable[Day], choice: Choice) -> list[tuple[str, int, float | None]]:
+    """(exhibition, ratings, mean) over the chosen days, for every chosen exhibition."""
+    sums: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for d in chosen(days, choice):
+        sums[d.exhibition] += d.rating_sum
+        counts[d.exhibition] += d.ratings
+    return [(e, counts[e], sums[e] / counts[e] if counts[e] else None)
+            for e in sorted(choice.exhibitions)]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    today: date
+    read_at: datetime  # museum-local
+    emergencies: list[Emergency]
+    ratings: list[ExhibitionRatings]
+    requests: RequestsByHour
+    floors: list[FloorRequests]
+    rejects: list[tuple[str, int]]
+    days: list[Day]
+
+    @property
+    def exhibitions(self) -> list[str]:
+        return sorted({d.exhibition for d in self.days} | {r.exhibition for r in self.ratings})
+
+
 def read_snapshot(settings: db.DatabaseSettings) -> Snapshot:
-    today = museum_today()
+    now = museum_now()
+    today = now.date()
     conn = connect(settings)
     try:
         return Snapshot(
             today=today,
-            read_at=datetime.now(MUSEUM_TZ),
+            read_at=now,
             emergencies=read_emergencies(conn, today),
             ratings=read_ratings(conn, today),
             requests=read_requests_by_hour(conn, today),
             floors=read_requests_by_floor(conn, today),
             rejects=read_rejects(conn, today),
+            days=read_days(conn),
         )
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------- imperative shell: one read
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    snapshot: Snapshot | None  # the latest good read, if any
+    failing_since: datetime | None  # museum-local; None while reads succeed
+
+
+class SnapshotCache:
+    """One database read per interval, shared by every viewer and callback of this process.
+
+    The read happens in the request that finds the last one due, under a lock: concurrent
+    requests wait for it and share it. A failed read is logged (the page never shows why) and
+    the last good snapshot is kept.
+    """
+
+    def __init__(self, read: Callable[[], Snapshot], interval_s: float) -> None:
+        self._read = read
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._due = 0.0
+        self._reading = Reading(None, None)
+        self._last_problem = ""
+
+    def get(self) -> Reading:
+        with self._lock:
+            if monotonic_clock.monotonic() >= self._due:
+                self._refresh()
+                self._due = monotonic_clock.monotonic() + self._interval_s
+            return self._reading
+
+    def _refresh(self) -> None:
+        try:
+            snapshot = self._read()
+        except psycopg2.Error as error:
+            problem = " ".join(str(error).split())
+            if problem != self._last_problem:  # one line per new fault, not one per refresh
+                log.error("cannot read the database (retrying every %.0f s): %s",
+                          self._interval_s, problem)
+                self._last_problem = problem
+            self._reading = replace(self._reading,
+                                    failing_since=self._reading.failing_since or museum_now())
+            return
+        if self._reading.failing_since is not None:
+            log.info("the database is readable again")
+        self._last_problem = ""
+        self._reading = Reading(snapshot, None)
 
 
 # ---------------------------------------------------------------- imperative shell: the page
@@ -362,79 +523,328 @@ def panel(title: str, *children: Any) -> html.Div:
     return html.Div([html.H3(title, style={"margin": "4px 0 8px"}), *children], style=PANEL)
 
 
-def create_app(settings: db.DatabaseSettings) -> Dash:
-    app = Dash(__name__, title="LMNH live dashboard", update_title=None, add_log_handler=False)
-    app.layout = html.Div([
-        dcc.Interval(id="tick", interval=REFRESH_MS),
+def status_line(reading: Reading, refresh_s: int) -> tuple[str, dict[str, str]]:
+    """What the top line says: when the figures were read, or since when they are stale."""
+    snap = reading.snapshot
+    if reading.failing_since is None and snap is not None:
+        return (f"{snap.today:%A %d %B %Y}, updated {snap.read_at:%H:%M:%S} museum time "
+                f"(every {refresh_s} s)", {"color": "#616161"})
+    since = snap.read_at if snap is not None else reading.failing_since
+    assert since is not None
+    return f"Data stale since {since:%H:%M:%S} museum time (the figures below are from then).", RED
+
+
+def weekly_ratings_figure(trend: Weekly) -> go.Figure:
+    figure = go.Figure()
+    weeks = [w.isoformat() for w in trend.weeks]
+    for exhibition, means in trend.means.items():
+        figure.add_scatter(x=weeks, y=means,
+                           name=exhibition, mode="lines+markers", connectgaps=False)
+    figure.update_layout(height=340, margin={"l": 40, "r": 10, "t": 10, "b": 40},
+                         plot_bgcolor="white", legend={"orientation": "h", "y": -0.25})
+    figure.update_xaxes(title="week starting (Monday)", type="category", gridcolor="#eee")
+    figure.update_yaxes(title="mean rating (0 Terrible .. 4 Amazing)", range=[0, 4.1],
+                        gridcolor="#eee")
+    return figure
+
+
+def weekly_requests_figure(trend: Weekly) -> go.Figure:
+    figure = go.Figure()
+    weeks = [w.isoformat() for w in trend.weeks]
+    figure.add_bar(x=weeks, y=trend.assistance, name="Assistance", marker_color="#1565c0")
+    figure.add_bar(x=weeks, y=trend.emergency, name="Emergency", marker_color="#c62828")
+    figure.update_layout(barmode="group", height=300, plot_bgcolor="white",
+                         margin={"l": 40, "r": 10, "t": 10, "b": 40},
+                         legend={"orientation": "h", "y": -0.25})
+    figure.update_xaxes(title="week starting (Monday)", type="category")
+    figure.update_yaxes(title="requests", rangemode="tozero", gridcolor="#eee")
+    return figure
+
+
+def range_table(rows: list[tuple[str, int, float | None]]) -> html.Table:
+    shown = [(e, n, NONE if mean is None else f"{mean:.2f}") for e, n, mean in rows]
+    return table("range-ratings", ("Exhibition", "Ratings", "Mean rating"), shown)
+
+
+def parse_choice(first: str | None, last: str | None, exhibitions: Sequence[str] | None,
+                 today: date) -> Choice:
+    """The filters' values; a missing or unreadable date falls back to the default range."""
+    def day(text: str | None, default: date) -> date:
+        try:
+            return date.fromisoformat(text) if text else default
+        except ValueError:
+            return default
+
+    start, end = day(first, default_first_day(today)), day(last, today)
+    return Choice(min(start, end), max(start, end), frozenset(exhibitions or ()))
+
+
+def default_first_day(today: date) -> date:
+    return monday(today) - timedelta(weeks=TREND_WEEKS - 1)
+
+
+def trends_panel(viewer: auth.Viewer, today: date, exhibitions: list[str]) -> html.Div:
+    date_input = {"type": "date", "debounce": False,
+                  "style": {"width": "150px", "margin": "0 12px 0 6px", "display": "inline"}}
+    filters = html.Div([
+        html.Div([
+            html.Label(["From", dcc.Input(id="first-day",
+                                          value=default_first_day(today).isoformat(),
+                                          **date_input)]),
+            html.Label(["to", dcc.Input(id="last-day", value=today.isoformat(), **date_input)]),
+        ], style={"display": "flex", "alignItems": "center", "marginBottom": "6px"}),
+        dcc.Checklist(id="exhibition-filter", options=exhibitions, value=exhibitions,
+                      inline=True, inputStyle={"marginRight": "4px"},
+                      labelStyle={"marginRight": "14px"}),
+    ], style={"marginBottom": "8px"})
+    parts: list[Any] = [filters]
+    if viewer.sees("ratings"):
+        parts += [html.H4("Mean rating per exhibition by week (ratio of sums)"),
+                  dcc.Graph(id="weekly-ratings", config={"displayModeBar": False}),
+                  html.Div(id="range-ratings-panel")]
+    if viewer.sees("requests"):
+        parts += [html.H4("Assistance and emergency requests by week"),
+                  dcc.Graph(id="weekly-requests", config={"displayModeBar": False})]
+    return panel("Trends: choose the days and exhibitions", *parts)
+
+
+def page_for(viewer: auth.Viewer | None, reading: Reading, signed_in: bool,
+             refresh_s: int) -> html.Div:
+    """The page of one viewer: only the parts their roles may see."""
+    if viewer is None:
+        return html.Div()
+    today = museum_today()
+    exhibitions = reading.snapshot.exhibitions if reading.snapshot else []
+    who = [html.Span(f"{viewer.name} ", id="viewer"),
+           html.A("Sign out", href="/logout", id="logout")] if signed_in else []
+    parts: list[Any] = [
+        dcc.Interval(id="tick", interval=refresh_s * 1000),
         html.Div([html.H1("LMNH kiosks, live", style={"margin": "0 16px 0 0"}),
-                  html.Span("Loading...", id="status")],
+                  html.Span("Loading...", id="status", style={"flex": "1"}),
+                  html.Span(who, style={"marginLeft": "16px", "whiteSpace": "nowrap"})],
                  style={"display": "flex", "alignItems": "baseline", "marginBottom": "12px"}),
-        html.Div(id="emergencies-panel"),
-        panel("Assistance and emergency requests today, by hour",
-              html.P(id="requests-summary"),
-              html.Div([dcc.Graph(id="requests-by-hour", config={"displayModeBar": False},
-                                  style={"flex": "3"}),
-                        html.Div(id="floors-panel", style={"flex": "1"})],
-                       style={"display": "flex", "gap": "16px"})),
-        panel("Ratings per exhibition", html.Div(id="ratings-panel"),
-              dcc.Graph(id="ratings-distribution", config={"displayModeBar": False})),
-        panel("Data quality: rejected messages today", html.Div(id="rejects-panel")),
-    ], style=PAGE)
+    ]
+    if viewer.sees("requests"):
+        parts += [
+            html.Div(id="emergencies-panel"),
+            panel("Assistance and emergency requests today, by hour",
+                  html.P(id="requests-summary"),
+                  html.Div([dcc.Graph(id="requests-by-hour", config={"displayModeBar": False},
+                                      style={"flex": "3"}),
+                            html.Div(id="floors-panel", style={"flex": "1"})],
+                           style={"display": "flex", "gap": "16px"}))]
+    if viewer.sees("ratings"):
+        parts += [panel("Ratings per exhibition", html.Div(id="ratings-panel"),
+                        dcc.Graph(id="ratings-distribution", config={"displayModeBar": False}))]
+    parts += [trends_panel(viewer, today, exhibitions)]
+    if viewer.sees("quality"):
+        parts += [panel("Data quality: rejected messages today", html.Div(id="rejects-panel"))]
+    return html.Div(parts, style=PAGE)
+
+
+def create_app(settings: db.DatabaseSettings, auth_config: auth.AuthConfig | None,
+               refresh_s: int = 15) -> Dash:
+    """The app; `auth_config` None means no sign-in (python dashboard.py --allow-anonymous).
+
+    Browsers refresh every `refresh_s` seconds and the database is read at most that often.
+    """
+    anonymous = auth_config is None
+    app = Dash(__name__, title="LMNH live dashboard", update_title=None, add_log_handler=False,
+               suppress_callback_exceptions=True)  # each viewer's layout has only their parts
+    if auth_config is not None:
+        auth.install(app.server, auth_config)
+    cache = SnapshotCache(functools.partial(read_snapshot, settings), refresh_s)
+
+    def snapshot_for(section: auth.Section | None) -> Snapshot:
+        """The shared snapshot, after checking the caller may see `section` (403 otherwise)."""
+        viewer = auth.current_viewer(anonymous)
+        if viewer is None or (section is not None and not viewer.sees(section)):
+            abort(403)
+        snap = cache.get().snapshot
+        if snap is None:
+            raise PreventUpdate  # nothing read yet; the status line says so
+        return snap
+
+    def layout() -> html.Div:
+        viewer = auth.current_viewer(anonymous)
+        return page_for(viewer, cache.get() if viewer else Reading(None, None), not anonymous,
+                        refresh_s)
+
+    app.layout = layout
+
+    @app.callback(Output("status", "children"), Output("status", "style"),
+                  Input("tick", "n_intervals"))
+    def status(_tick: int | None) -> tuple[str, dict[str, str]]:
+        if auth.current_viewer(anonymous) is None:
+            abort(403)
+        return status_line(cache.get(), refresh_s)
 
     @app.callback(
-        Output("status", "children"), Output("status", "style"),
         Output("emergencies-panel", "children"),
         Output("requests-summary", "children"), Output("requests-by-hour", "figure"),
         Output("floors-panel", "children"),
-        Output("ratings-panel", "children"), Output("ratings-distribution", "figure"),
-        Output("rejects-panel", "children"),
         Input("tick", "n_intervals"),
     )
-    def refresh(_tick: int | None) -> tuple[Any, ...]:
-        try:
-            snap = read_snapshot(settings)
-        except psycopg2.Error as error:
-            problem = " ".join(str(error).split())
-            log.warning("cannot read the database: %s", problem)
-            failed = f"{datetime.now(MUSEUM_TZ):%H:%M:%S}"
-            message = f"Database unavailable at {failed}, figures below may be out of date: "
-            return (message + problem, RED, *[no_update] * 7)
+    def requests(_tick: int | None) -> tuple[Any, ...]:
+        snap = snapshot_for("requests")
         weekday = f"{snap.today:%A}"
-        return (
-            f"{snap.today:%A %d %B %Y}, updated {snap.read_at:%H:%M:%S} museum time "
-            f"(every {REFRESH_MS // 1000} s)", {"color": "#616161"},
-            emergencies_panel(snap.emergencies),
-            requests_summary(snap.requests, weekday), requests_figure(snap.requests, weekday),
-            floors_table(snap.floors),
-            ratings_table(snap.ratings), ratings_figure(snap.ratings),
-            rejects_panel(snap.rejects),
-        )
+        return (emergencies_panel(snap.emergencies), requests_summary(snap.requests, weekday),
+                requests_figure(snap.requests, weekday), floors_table(snap.floors))
+
+    @app.callback(Output("ratings-panel", "children"), Output("ratings-distribution", "figure"),
+                  Input("tick", "n_intervals"))
+    def ratings(_tick: int | None) -> tuple[Any, ...]:
+        snap = snapshot_for("ratings")
+        return ratings_table(snap.ratings), ratings_figure(snap.ratings)
+
+    @app.callback(Output("weekly-ratings", "figure"), Output("range-ratings-panel", "children"),
+                  Input("tick", "n_intervals"), Input("first-day", "value"),
+                  Input("last-day", "value"), Input("exhibition-filter", "value"))
+    def ratings_trend(_tick: int | None, first: str | None, last: str | None,
+                      exhibitions: list[str] | None) -> tuple[Any, ...]:
+        snap = snapshot_for("ratings")
+        choice = parse_choice(first, last, exhibitions, snap.today)
+        return (weekly_ratings_figure(weekly(snap.days, choice)),
+                range_table(range_ratings(snap.days, choice)))
+
+    @app.callback(Output("weekly-requests", "figure"),
+                  Input("tick", "n_intervals"), Input("first-day", "value"),
+                  Input("last-day", "value"), Input("exhibition-filter", "value"))
+    def requests_trend(_tick: int | None, first: str | None, last: str | None,
+                       exhibitions: list[str] | None) -> go.Figure:
+        snap = snapshot_for("requests")
+        return weekly_requests_figure(weekly(snap.days, parse_choice(first, last, exhibitions,
+                                                                     snap.today)))
+
+    @app.callback(Output("rejects-panel", "children"), Input("tick", "n_intervals"))
+    def rejects(_tick: int | None) -> Any:
+        return rejects_panel(snapshot_for("quality").rejects)
 
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8050)
-    args = parser.parse_args(argv)
-    settings = read_settings(DashboardSettings)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per refresh otherwise
-    global MUSEUM_TZ  # the database's clock, read once before serving
+# ---------------------------------------------------------------- entry points
+
+
+def auth_config(settings: DashboardSettings) -> auth.AuthConfig:
+    """The sign-in set-up from the settings; exits (status 2) naming what is missing."""
+    problem = None
+    if settings.DASHBOARD_SECRET_KEY is None:
+        problem = "DASHBOARD_SECRET_KEY is required (it signs the session cookies)"
+    elif settings.DASHBOARD_PASSWORD_FILE is None and settings.DASHBOARD_OIDC_CLIENT_ID is None:
+        problem = "set DASHBOARD_PASSWORD_FILE or the DASHBOARD_OIDC_* settings (or both)"
+    elif settings.DASHBOARD_PASSWORD_FILE and not settings.DASHBOARD_PASSWORD_FILE.is_file():
+        problem = "DASHBOARD_PASSWORD_FILE: no such file (python dashboard.py add-user ...)"
+    if problem:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    assert settings.DASHBOARD_SECRET_KEY is not None
+    oidc = None
+    if settings.DASHBOARD_OIDC_CLIENT_ID:
+        assert settings.DASHBOARD_OIDC_DISCOVERY_URL and settings.DASHBOARD_OIDC_CLIENT_SECRET
+        oidc = auth.Oidc(settings.DASHBOARD_OIDC_DISCOVERY_URL, settings.DASHBOARD_OIDC_CLIENT_ID,
+                         settings.DASHBOARD_OIDC_CLIENT_SECRET.get_secret_value(),
+                         settings.DASHBOARD_OIDC_GROUPS_CLAIM)
+    return auth.AuthConfig(
+        secret_key=settings.DASHBOARD_SECRET_KEY.get_secret_value(),
+        password_file=settings.DASHBOARD_PASSWORD_FILE,
+        oidc=oidc,
+        groups={"security": settings.DASHBOARD_GROUP_SECURITY,
+                "exhibitions": settings.DASHBOARD_GROUP_EXHIBITIONS,
+                "admin": settings.DASHBOARD_GROUP_ADMIN},
+        cookie_secure=settings.DASHBOARD_COOKIE_SECURE,
+        session_hours=settings.DASHBOARD_SESSION_HOURS,
+    )
+
+
+def database_problem(settings: DashboardSettings) -> str | None:
+    """Why the dashboard must not start, in one line: the database's schema is not this
+    release's, or its museum clock (which its views count in) is not the settings'."""
     try:
         conn = connect(settings.database())
         try:
             db.check_schema(conn)
-            MUSEUM_TZ = ZoneInfo(db.read_museum_clock(conn).zone)
+            db.check_clock(conn, settings.clock())
         finally:
             conn.close()
     except (db.SchemaMismatch, psycopg2.Error) as error:
-        log.error("%s", " ".join(str(error).split()))
+        return " ".join(str(error).split())
+    return None
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per refresh otherwise
+
+
+def wsgi() -> Any:
+    """For gunicorn (`gunicorn 'dashboard:wsgi()'`): sign-in always required.
+
+    Behind the reverse proxy on this host, whose X-Forwarded-* headers give the client's address
+    and the https scheme (for the OIDC redirect and the session's client check).
+    """
+    settings = read_settings(DashboardSettings)
+    configure_logging()
+    problem = database_problem(settings)
+    if problem is not None:
+        log.error("%s", problem)
+        sys.exit(1)
+    app = create_app(settings.database(), auth_config(settings), settings.DASHBOARD_REFRESH_S)
+    return ProxyFix(app.server, x_for=1, x_proto=1, x_host=1)
+
+
+def add_user_command(args: argparse.Namespace) -> int:
+    try:
+        roles = auth.parse_roles(args.roles)
+    except ValueError as error:
+        print(f"add-user: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if password != getpass.getpass("Again: "):
+            print("add-user: the passwords differ", file=sys.stderr)
+            return 1
+    if len(password) < 12:
+        print("add-user: use at least 12 characters", file=sys.stderr)
         return 1
-    create_app(settings.database()).run(host=args.host, port=args.port)
+    try:
+        auth.add_user(args.password_file, args.name, roles, password)
+    except (OSError, ValueError) as error:
+        print(f"add-user: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.name} ({', '.join(sorted(roles))}) written to {args.password_file}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8050,
+                        help="port on 127.0.0.1 (to serve others, use gunicorn: see README)")
+    parser.add_argument("--allow-anonymous", action="store_true",
+                        help="no sign-in: everyone on this computer sees everything")
+    commands = parser.add_subparsers(dest="command")
+    adding = commands.add_parser("add-user", help="add or replace a user in the password file")
+    adding.add_argument("name")
+    adding.add_argument("--roles", required=True, help=f"comma-separated: {', '.join(auth.ROLES)}")
+    adding.add_argument("--password-file", type=Path, required=True)
+    adding.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of stdin (no prompt)")
+    args = parser.parse_args(argv)
+    if args.command == "add-user":
+        return add_user_command(args)
+    settings = read_settings(DashboardSettings)
+    configure_logging()
+    problem = database_problem(settings)
+    if problem is not None:
+        log.error("%s", problem)
+        return 1
+    config = None if args.allow_anonymous else auth_config(settings)
+    # Flask's own server, on the loopback interface only: anonymous access never leaves it.
+    app = create_app(settings.database(), config, settings.DASHBOARD_REFRESH_S)
+    app.run(host="127.0.0.1", port=args.port)
     return 0
 
 

@@ -200,8 +200,43 @@ class ResetSettings(DatabaseServerEnvironment, MuseumEnvironment):
     DATABASE_ADMIN_USERNAME: str | None = None
 
 
-class DashboardSettings(DatabaseEnvironment):
-    """The dashboard reads the database only (as the read-only role)."""
+class DashboardSettings(DatabaseEnvironment, MuseumEnvironment):
+    """The dashboard: the database (as the read-only role), the museum's clock and who may look.
+
+    Sign-in is by a password file, by OIDC, or both; at least one is required (dashboard.py
+    checks), and so is the session key. Groups name the identity provider's groups (or the
+    password file's) that see each part.
+    """
+
+    DASHBOARD_SECRET_KEY: SecretStr | None = None
+    DASHBOARD_PASSWORD_FILE: Path | None = None
+    DASHBOARD_OIDC_DISCOVERY_URL: str | None = Field(None, pattern=r"^https?://")
+    DASHBOARD_OIDC_CLIENT_ID: str | None = None
+    DASHBOARD_OIDC_CLIENT_SECRET: SecretStr | None = None
+    DASHBOARD_OIDC_GROUPS_CLAIM: str = Field("groups", min_length=1)
+    DASHBOARD_GROUP_SECURITY: str = Field("security", min_length=1)
+    DASHBOARD_GROUP_EXHIBITIONS: str = Field("exhibitions", min_length=1)
+    DASHBOARD_GROUP_ADMIN: str = Field("admin", min_length=1)
+    DASHBOARD_COOKIE_SECURE: bool = True
+    DASHBOARD_SESSION_HOURS: int = Field(8, ge=1, le=168)
+    DASHBOARD_REFRESH_S: int = Field(15, ge=1, le=3600)
+
+    @field_validator("DASHBOARD_SECRET_KEY")
+    @classmethod
+    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < 32:
+            raise ValueError("at least 32 characters (python3 -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))')")
+        return key
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> DashboardSettings:
+        oidc = (self.DASHBOARD_OIDC_DISCOVERY_URL, self.DASHBOARD_OIDC_CLIENT_ID,
+                self.DASHBOARD_OIDC_CLIENT_SECRET)
+        if any(oidc) and not all(oidc):
+            raise ValueError("DASHBOARD_OIDC_DISCOVERY_URL, DASHBOARD_OIDC_CLIENT_ID and "
+                             "DASHBOARD_OIDC_CLIENT_SECRET go together")
+        return self
 
 
 def _time_format(text: str) -> str:

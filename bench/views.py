@@ -251,6 +251,8 @@ def reads(conn: psycopg2.extensions.connection,
         ("read_requests_by_floor (v_exhibition_daily, today)",
          lambda: dashboard.read_requests_by_floor(conn, today)),
         ("read_rejects (v_rejects_daily, today)", lambda: dashboard.read_rejects(conn, today)),
+        ("read_days (v_exhibition_daily, every day: the trends)",
+         lambda: dashboard.read_days(conn)),
     ]
 
 
