@@ -270,7 +270,7 @@ def run(settings: BackfillSettings) -> int:
     except METADATA_ERRORS as error:
         log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, _one_line(error))
         return 1
-    rules = settings.rules(frozenset(exhibitions))
+    rules = settings.rules({number: e.start_date for number, e in exhibitions.items()})
     try:
         conn = db.connect(settings.database(), application_name="lmnh-backfill")
     except psycopg2.Error as error:

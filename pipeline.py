@@ -183,7 +183,8 @@ class Pipeline:
             "exhibition refresh works again after {seconds} s")
         self.kafka_abandoned = False  # its close did not finish in time: exit without waiting
         self.exhibitions = exhibitions
-        self.rules = settings.rules(frozenset(exhibitions))
+        self.rules = settings.rules(
+            {number: e.start_date for number, e in exhibitions.items()})
         self.stopping = stopping
         self.stats = Stats()
         self.fatal_error: KafkaError | None = None
@@ -266,7 +267,8 @@ class Pipeline:
         added = sorted(e.public_id for n, e in exhibitions.items() if n not in self.exhibitions)
         removed = sorted(e.public_id for n, e in self.exhibitions.items() if n not in exhibitions)
         self.exhibitions = self.alerts.exhibitions = exhibitions
-        self.rules = self.settings.rules(frozenset(exhibitions))
+        self.rules = self.settings.rules(
+            {number: e.start_date for number, e in exhibitions.items()})
         metrics.EXHIBITIONS.set(len(exhibitions))
         log.info("exhibitions refreshed: %d loaded; added %s; removed %s", len(exhibitions),
                  ", ".join(added) or "none", ", ".join(removed) or "none")

@@ -10,7 +10,8 @@ setting (`SASL_MECHANISM=`) counts as not set. Errors name the setting, never it
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -84,12 +85,14 @@ class MuseumEnvironment(_Environment):
 
     def clock(self) -> db.MuseumClock:
         """The zone and hours as the database's museum_settings row holds them."""
-        rules = self.rules(frozenset())
+        rules = self.rules({})
         return db.MuseumClock(self.MUSEUM_TIMEZONE, rules.opens, rules.closes)
 
-    def rules(self, sites: frozenset[int]) -> Rules:
+    def rules(self, starts: Mapping[int, date]) -> Rules:
+        """The rules for the exhibitions loaded: site number -> START_DATE (museum-local)."""
         return Rules(
-            sites=sites,
+            sites=frozenset(starts),
+            starts=dict(starts),
             museum_tz=ZoneInfo(self.MUSEUM_TIMEZONE),
             opens=datetime.strptime(self.OPENING_TIME, _time_format(self.OPENING_TIME)).time(),
             closes=datetime.strptime(self.CLOSING_TIME, _time_format(self.CLOSING_TIME)).time(),

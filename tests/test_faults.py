@@ -31,7 +31,7 @@ from settings import PipelineSettings, read_settings
 VALID = b'{"at": "2026-02-24T12:00:00+00:00", "site": "3", "val": 4}'
 NEW_EXHIBITION = {
     "EXHIBITION_NAME": "Mammoths", "EXHIBITION_ID": "EXH_06", "FLOOR": "2",
-    "DEPARTMENT": "Paleontology", "START_DATE": "01/12/26", "DESCRIPTION": "Ice age giants.",
+    "DEPARTMENT": "Paleontology", "START_DATE": "01/12/25", "DESCRIPTION": "Ice age giants.",
 }
 
 
@@ -144,7 +144,7 @@ def test_sql_looking_text_that_reaches_the_database_is_stored_as_text(
         "EXHIBITION_NAME": "Robert'); DROP TABLE rating_interaction;--",
         "EXHIBITION_ID": "EXH_07", "FLOOR": "1'; DELETE FROM exhibition; --",
         "DEPARTMENT": "x\"); TRUNCATE rating CASCADE; --",
-        "START_DATE": "01/12/26", "DESCRIPTION": "$$; DROP SCHEMA public CASCADE; $$ \\",
+        "START_DATE": "01/12/25", "DESCRIPTION": "$$; DROP SCHEMA public CASCADE; $$ \\",
     }
     moto_s3.client().put_object(Bucket=bucket, Key="lmnh_exhibition_hostile.json",
                                 Body=json.dumps(hostile))

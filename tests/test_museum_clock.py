@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import psycopg2
@@ -77,7 +77,7 @@ def test_a_non_london_zone_gives_consistent_validation_rollups_and_views(
         db.check_clock(conn, settings().clock())  # London settings, Kolkata database
     conn.close()
 
-    rules = configured.rules(frozenset({1}))
+    rules = configured.rules({1: date(2020, 1, 1)})
     now = datetime(2026, 3, 3, tzinfo=UTC)
     verdicts = [validate(press(at), rules, now) for at in STAMPS]
     assert all(isinstance(v, Rating) for v in verdicts)  # 09:30 to 17:00 Kolkata, inclusive
