@@ -10,6 +10,9 @@ seconds, it stops everything cleanly and prints a report read back from the data
 
 from __future__ import annotations
 
+import requires_python  # noqa: F401 - first: an older Python gets one line
+
+# isort: split
 import argparse
 import contextlib
 import itertools
