@@ -10,6 +10,9 @@ number), so running it again, or after it was killed, never stores a line twice.
 
 from __future__ import annotations
 
+import requires_python  # noqa: F401 - first: an older Python gets one line
+
+# isort: split
 import argparse
 import csv
 import logging
@@ -267,11 +270,20 @@ def run(settings: BackfillSettings) -> int:
     except METADATA_ERRORS as error:
         log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, _one_line(error))
         return 1
-    rules = settings.rules(frozenset(exhibitions))
+    rules = settings.rules({number: e.start_date for number, e in exhibitions.items()})
     try:
         conn = db.connect(settings.database(), application_name="lmnh-backfill")
     except psycopg2.Error as error:
         log.error("cannot reach the database: %s", _one_line(error))
+        return 1
+    except db.SchemaMismatch as error:
+        log.error("%s", error)
+        return 1
+    try:
+        db.check_clock(conn, settings.clock())
+    except (db.SchemaMismatch, psycopg2.Error) as error:
+        log.error("%s", _one_line(error))
+        conn.close()
         return 1
     log.info("backfilling s3://%s/%s*.csv into %s:%s/%s, %d exhibitions, reject log %s",
              settings.S3_BUCKET, HISTORY_PREFIX, settings.DATABASE_IP, settings.DATABASE_PORT,

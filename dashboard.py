@@ -16,6 +16,9 @@ callback checks the role of its panel. "Today" is the museum's date (`museum_zon
 
 from __future__ import annotations
 
+import requires_python  # noqa: F401 - first: an older Python gets one line
+
+# isort: split
 import argparse
 import functools
 import getpass
@@ -754,6 +757,21 @@ def auth_config(settings: DashboardSettings) -> auth.AuthConfig:
     )
 
 
+def database_problem(settings: DashboardSettings) -> str | None:
+    """Why the dashboard must not start, in one line: the database's schema is not this
+    release's, or its museum clock (which its views count in) is not the settings'."""
+    try:
+        conn = connect(settings.database())
+        try:
+            db.check_schema(conn)
+            db.check_clock(conn, settings.clock())
+        finally:
+            conn.close()
+    except (db.SchemaMismatch, psycopg2.Error) as error:
+        return " ".join(str(error).split())
+    return None
+
+
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -768,6 +786,10 @@ def wsgi() -> Any:
     """
     settings = read_settings(DashboardSettings)
     configure_logging()
+    problem = database_problem(settings)
+    if problem is not None:
+        log.error("%s", problem)
+        sys.exit(1)
     app = create_app(settings.database(), auth_config(settings), settings.DASHBOARD_REFRESH_S)
     return ProxyFix(app.server, x_for=1, x_proto=1, x_host=1)
 
@@ -815,6 +837,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return add_user_command(args)
     settings = read_settings(DashboardSettings)
     configure_logging()
+    problem = database_problem(settings)
+    if problem is not None:
+        log.error("%s", problem)
+        return 1
     config = None if args.allow_anonymous else auth_config(settings)
     # Flask's own server, on the loopback interface only: anonymous access never leaves it.
     app = create_app(settings.database(), config, settings.DASHBOARD_REFRESH_S)

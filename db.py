@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,7 +33,11 @@ from psycopg2.extras import execute_values
 from s3_metadata import Exhibition
 from validation import Rating, Request
 
+HERE = Path(__file__).resolve().parent
 SCHEMA_FILES = ("schema.sql", "schema_views.sql")  # a new database: the tables, then the rest
+MIGRATIONS = HERE / "migrations"  # NNNN_name.sql: each upgrades version NNNN - 1 to NNNN
+MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+MIGRATE_COMMAND = "python migrate.py"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # The errors after which a new connection may succeed: server gone, restarted, failed over.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -178,8 +183,15 @@ def tls_state(conn: Connection, settings: DatabaseSettings) -> TlsState:
 
 
 def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:
-    """The writer's connection, with its session's staging tables for replayed batches."""
+    """The writer's connection, with its session's staging tables for replayed batches.
+
+    SchemaMismatch if the database's schema is not this release's."""
     conn = open_connection(settings, application_name)
+    try:
+        check_schema(conn)
+    except SchemaMismatch:
+        conn.close()
+        raise
     with conn.cursor() as cur:
         for table in ("rating_interaction", "request_interaction", "rejected_message"):
             cur.execute(sql.SQL(
@@ -190,13 +202,141 @@ def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline")
     return conn
 
 
-def apply_schema(conn: Connection) -> None:
+@dataclass(frozen=True, slots=True)
+class MuseumClock:
+    """The museum's time zone and opening hours, as the museum_settings row holds them."""
+
+    zone: str
+    opens: time
+    closes: time
+
+    def describe(self) -> str:
+        return f"{self.zone} {self.opens:%H:%M:%S}-{self.closes:%H:%M:%S}"
+
+
+class SchemaMismatch(Exception):
+    """The database's schema is not the one this release was written for; says what to run."""
+
+
+def migrations() -> dict[int, Path]:
+    """The migration files by version; release 1 (version 1) is the baseline and has none."""
+    found = {}
+    for path in MIGRATIONS.glob("*.sql"):
+        match = MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"{path.name}: a migration is named NNNN_short_name.sql")
+        found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def latest_version() -> int:
+    """The schema version this release needs: its newest migration's number."""
+    return max(migrations(), default=1)
+
+
+def schema_version(conn: Connection) -> int | None:
+    """The database's schema version; 1 for the first release's (which had no version table),
+    None for a database without the kiosk tables. Leaves no transaction open."""
+    try:
+        with conn.cursor() as cur:
+            return _schema_version(cur)
+    finally:
+        conn.rollback()
+
+
+def _schema_version(cur: Any) -> int | None:
+    cur.execute("SELECT to_regclass('schema_version') IS NOT NULL,"
+                " to_regclass('rating_interaction') IS NOT NULL")
+    has_versions, has_tables = cur.fetchone()
+    if has_versions:
+        cur.execute("SELECT max(version) FROM schema_version")
+        return cur.fetchone()[0]
+    return 1 if has_tables else None
+
+
+def check_schema(conn: Connection) -> int:
+    """The database's schema version if it is this release's, else SchemaMismatch saying what
+    to run, in one line."""
+    found, needed = schema_version(conn), latest_version()
+    if found is None:
+        raise SchemaMismatch("the database has no kiosk tables: for a new database run"
+                             " `./reset_database.sh --yes` (README \"Operating it\")")
+    if found < needed:
+        raise SchemaMismatch(f"the database schema is version {found}, this release needs"
+                             f" {needed}: run `{MIGRATE_COMMAND}` (README \"Upgrades\")")
+    if found > needed:
+        raise SchemaMismatch(f"the database schema is version {found}, newer than this"
+                             f" release's {needed}: run the release that upgraded it")
+    return found
+
+
+def read_museum_clock(conn: Connection) -> MuseumClock:
+    """The zone and hours the views, rollups and dashboard use. Leaves no transaction open."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT time_zone, opening_time, closing_time FROM museum_settings")
+            return MuseumClock(*cur.fetchone())
+    finally:
+        conn.rollback()
+
+
+def check_clock(conn: Connection, clock: MuseumClock) -> None:
+    """SchemaMismatch, in one line, unless the settings' clock is the one the database counts in
+    (validation must judge by the hours and zone that the rollups and views use)."""
+    stored = read_museum_clock(conn)
+    if stored != clock:
+        raise SchemaMismatch(
+            f"the settings' museum clock (MUSEUM_TIMEZONE, OPENING_TIME, CLOSING_TIME:"
+            f" {clock.describe()}) differs from the database's ({stored.describe()}): fix the"
+            f" settings, or run `{MIGRATE_COMMAND}` to write them into the database")
+
+
+def _write_clock(cur: Any, clock: MuseumClock) -> None:
+    cur.execute("UPDATE museum_settings SET time_zone = %s, opening_time = %s,"
+                " closing_time = %s", (clock.zone, clock.opens, clock.closes))
+
+
+def apply_schema(conn: Connection, clock: MuseumClock | None = None) -> None:
     """Create every table, view, role and grant on a new (or to be emptied) database, in one
-    transaction: what reset_database.sh does with psql."""
-    here = Path(__file__).resolve().parent
+    transaction: what reset_database.sh does with psql. The clock defaults to schema.sql's
+    (Europe/London, 08:45-18:15)."""
     with conn, conn.cursor() as cur:
-        for name in SCHEMA_FILES:
-            cur.execute((here / name).read_text())
+        cur.execute((HERE / "schema.sql").read_text())
+        if clock is not None:
+            _write_clock(cur, clock)
+        cur.execute((HERE / "schema_views.sql").read_text())
+
+
+def migrate(conn: Connection, clock: MuseumClock) -> tuple[int, list[int]]:
+    """Upgrade the database in place to this release's schema, keeping every row, and write the
+    museum's clock; one transaction. Returns the version found and the migrations applied.
+
+    Each migration file runs in order, its version recorded; then schema_views.sql is re-applied
+    (it recreates what holds no data for the new tables), and once more if the clock's zone
+    changed, so the rollups are recounted in the new zone."""
+    with conn, conn.cursor() as cur:
+        found = _schema_version(cur)
+        if found is None:
+            raise SchemaMismatch("the database has no kiosk tables: for a new database run"
+                                 " `./reset_database.sh --yes`")
+        if found > latest_version():
+            raise SchemaMismatch(f"the database schema is version {found}, newer than this"
+                                 f" release's {latest_version()}")
+        # No writer may insert while the trigger and rollups are being replaced.
+        cur.execute("LOCK TABLE rating_interaction, request_interaction IN SHARE MODE")
+        applied = []
+        for version, path in migrations().items():
+            if version > found:
+                cur.execute(path.read_text())
+                cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                applied.append(version)
+        views = (HERE / "schema_views.sql").read_text()
+        cur.execute(views)
+        cur.execute("SELECT time_zone, opening_time, closing_time FROM museum_settings")
+        if MuseumClock(*cur.fetchone()) != clock:
+            _write_clock(cur, clock)
+            cur.execute(views)
+    return found, applied
 
 
 def upsert_exhibitions(conn: Connection, exhibitions: Iterable[Exhibition]) -> UpsertResult:

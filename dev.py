@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -28,6 +29,8 @@ COMMANDS = {
     "bench": ["bench/run.py"],
 }
 PYTEST_NO_TESTS = 5
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
+SI_KERNEL = 0x80  # siginfo si_code of a signal the kernel sent, e.g. the terminal's Ctrl-C
 
 
 def requirements_digest() -> str:
@@ -50,6 +53,28 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
+def run(command: list[str], env: dict[str, str]) -> int:
+    """Run `command` and wait for it, handing it Ctrl-C and SIGTERM once each.
+
+    The command shares this process group, so the terminal's job control and stdin reach it as
+    usual. A Ctrl-C typed at the terminal already went to the whole group: it is not passed on
+    again (its si_code is SI_KERNEL). SIGINT or SIGTERM that another process sent to dev.py is
+    passed on to the command. Either way dev.py waits for the command and returns its status.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # taken by sigtimedwait below
+    # The mask is inherited across exec: the command starts with both unblocked (dev.py runs no
+    # thread, so preexec_fn is safe here).
+    child = subprocess.Popen(
+        command, cwd=ROOT, env=env,
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED))
+    while child.poll() is None:
+        info = signal.sigtimedwait(FORWARDED, 0.25)
+        if info is not None and info.si_code != SI_KERNEL and child.poll() is None:
+            child.send_signal(info.si_signo)
+    code = child.returncode
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
+
+
 def main() -> int:
     if sys.version_info < (3, 11):  # noqa: UP036 - this file is what older Pythons run first
         print("Python 3.11 or newer is needed", file=sys.stderr)
@@ -59,8 +84,8 @@ def main() -> int:
         return 2
     command, *rest = sys.argv[1:]
     ensure_venv()
-    code = subprocess.run([str(PYTHON), *COMMANDS[command], *rest], cwd=ROOT,
-                          env=os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}).returncode
+    code = run([str(PYTHON), *COMMANDS[command], *rest],
+               os.environ | {"PYTHONDONTWRITEBYTECODE": "1"})
     if command == "test" and code == PYTEST_NO_TESTS:
         print("pytest collected no test: that is a failure", file=sys.stderr)
         return 1

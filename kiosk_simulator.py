@@ -19,6 +19,7 @@ so no timestamp is in the future. Junk presses are stamped up to two minutes bef
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from confluent_kafka import KafkaException, Producer
 from dotenv import load_dotenv
@@ -242,12 +243,19 @@ def kafka_config(env: Mapping[str, str], bootstrap: str | None = None) -> dict[s
 
 
 def produce(
-    producer: Producer, topic: str, messages: Iterable[bytes], rate: float | None = None
+    producer: Producer,
+    topic: str,
+    messages: Iterable[bytes | Press],
+    rate: float | None = None,
+    record: TextIO | None = None,
 ) -> Delivery:
     """Send `messages` (null keys) round-robin over the topic's partitions and wait for them.
 
     Explicit partitions because the sticky partitioner piles a fast producer's messages into
-    one partition. Raises KafkaException when the topic's metadata cannot be had.
+    one partition. With `record`, each acknowledged message is written to it as one JSON line
+    (partition, offset, the kind it was made to be when it is a `Press`, value): the
+    simulator's own account of what it sent, for tests to compare with what was stored.
+    Raises KafkaException when the topic's metadata cannot be had.
     """
     metadata = producer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic]
     if metadata.error is not None:
@@ -256,15 +264,23 @@ def produce(
     outcome: Counter[str] = Counter()
     errors: list[str] = []
 
-    def on_delivery(error: Any, _message: Any) -> None:
+    def on_delivery(kind: Kind | None, error: Any, message: Any) -> None:
         outcome["failed" if error else "sent"] += 1
         if error:
             errors.append(str(error))
+        elif record is not None:
+            record.write(json.dumps({
+                "partition": message.partition(), "offset": message.offset(),
+                "kind": None if kind is None else kind.value,
+                "value": message.value().decode("utf-8", "backslashreplace"),
+            }) + "\n")
 
-    for i, value in enumerate(_paced(messages, rate, producer.poll)):
+    for i, item in enumerate(_paced(messages, rate, producer.poll)):
+        value, kind = (item.value, item.kind) if isinstance(item, Press) else (item, None)
         while True:
             try:
-                producer.produce(topic, value, partition=i % partitions, on_delivery=on_delivery)
+                producer.produce(topic, value, partition=i % partitions,
+                                 on_delivery=functools.partial(on_delivery, kind))
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.1)
@@ -272,15 +288,21 @@ def produce(
     unflushed = producer.flush(FLUSH_TIMEOUT)
     if unflushed and not errors:
         errors.append(f"{unflushed} messages not delivered within {FLUSH_TIMEOUT:g} s")
+    if record is not None:
+        record.flush()
     return Delivery(outcome["sent"], outcome["failed"] + unflushed, errors[0] if errors else None)
 
 
 def send(
-    kafka: Mapping[str, str], topic: str, config: SimConfig, rate: float | None = None
+    kafka: Mapping[str, str],
+    topic: str,
+    config: SimConfig,
+    rate: float | None = None,
+    record: TextIO | None = None,
 ) -> Delivery:
     """Produce the run described by `config` to `topic` with producer settings `kafka`."""
     producer = Producer(dict(kafka))
-    return produce(producer, topic, (press.value for press in generate(config)), rate)
+    return produce(producer, topic, generate(config), rate, record)
 
 
 def _start(text: str) -> datetime:
@@ -347,6 +369,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stdout", action="store_true", help="print the messages, one a line")
     parser.add_argument("--bootstrap-servers", help="override BOOTSTRAP_SERVERS")
     parser.add_argument("--topic", help="override TOPIC")
+    parser.add_argument(
+        "--record", type=argparse.FileType("a", encoding="utf-8"),
+        help="append each delivered press to this file as a JSON line: partition, offset, "
+        "the kind it was made to be, value",
+    )
     return parser
 
 
@@ -389,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     try:
-        delivery = send(kafka, topic, config, args.rate)
+        delivery = send(kafka, topic, config, args.rate, args.record)
     except KafkaException as error:
         print(f"kafka: {error}", file=sys.stderr)
         return 1

@@ -11,10 +11,15 @@ out. Stop it with SIGTERM or Ctrl-C.
 
 from __future__ import annotations
 
+import requires_python  # noqa: F401 - first: an older Python gets one line
+
+# isort: split
 import argparse
+import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,7 +35,6 @@ from typing import Any, NamedTuple, TypeVar
 import psycopg2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import (
-    RetryCallState,
     Retrying,
     retry_if_exception_type,
     stop_when_event_set,
@@ -38,8 +42,10 @@ from tenacity import (
 )
 
 import db
+import metrics
 import validation
 from alerts import Alert, AlertSender, emergency_alert
+from outage import Outage
 from reject_log import RejectLog, format_reject_line
 from s3_metadata import METADATA_ERRORS, Exhibition, load_exhibitions, s3_client
 from settings import PipelineSettings, read_settings
@@ -50,6 +56,14 @@ SWITCH_INTERVAL_S = 0.0002  # see tune_interpreter
 HEALTHY_WRITE_WAIT_S = 1.0  # how long judging waits for the previous batch's write, at most
 ALERT_RESCAN_S = 60.0  # how often the outbox is read for alerts pending elsewhere
 CLOSE_ALERTS_S = 5.0  # how long a stop waits for queued alerts to go
+# At a stop, how long the last offset commit and the consumer's close may take: with the broker
+# gone they could block for many minutes; their messages are replayed instead (stored once).
+KAFKA_CLOSE_BOUND_S = 5.0
+# librdkafka's own log: critical lines only. Its per-reconnect lines (hundreds a minute while a
+# broker is away) are replaced by the error callback's one line per outage and minute.
+KAFKA_LOG_LEVEL = 2
+# The database's schema or clock is not this release's: a restart cannot fix it, migrate.py can.
+EXIT_SCHEMA = 3
 T = TypeVar("T")
 
 
@@ -126,6 +140,16 @@ class Stats:
         self.assistance += sum(1 for r in batch.requests if r.value != db.EMERGENCY)
         self.rejected.update(r.reason.value for r in batch.rejects)
         self.rows_written += result.ratings_inserted + result.requests_inserted
+        # The metrics: a handful of calls per batch, none per message.
+        emergencies = sum(1 for r in batch.requests if r.value == db.EMERGENCY)
+        metrics.CONSUMED.inc(len(batch.ratings) + len(batch.requests) + len(batch.rejects))
+        metrics.ACCEPTED.labels("rating").inc(len(batch.ratings))
+        metrics.ACCEPTED.labels("assistance").inc(len(batch.requests) - emergencies)
+        metrics.ACCEPTED.labels("emergency").inc(emergencies)
+        for reason, count in Counter(r.reason.value for r in batch.rejects).items():
+            metrics.REJECTED.labels(reason).inc(count)
+        metrics.ROWS_WRITTEN.labels("rating_interaction").inc(result.ratings_inserted)
+        metrics.ROWS_WRITTEN.labels("request_interaction").inc(result.requests_inserted)
 
     def line(self, alerts: AlertSender | None = None) -> str:
         reasons = " ".join(f"{reason}={n}" for reason, n in sorted(self.rejected.items()))
@@ -171,14 +195,28 @@ class Pipeline:
     """
 
     def __init__(self, settings: PipelineSettings, exhibitions: dict[int, Exhibition],
-                 stopping: StopFlag) -> None:
+                 stopping: StopFlag, health: metrics.Health | None = None) -> None:
         self.settings = settings
+        self.health = health or metrics.Health(settings.HEALTH_STALL_S)
+        self.kafka_outage = Outage(
+            log, "kafka unreachable: {detail}; consuming pauses and resumes by itself",
+            "kafka still unreachable after {seconds} s: {detail}",
+            "kafka reachable again after {seconds} s")
+        self.database_outage = Outage(
+            log, "database unavailable ({detail}); retrying until it answers",
+            "database still unavailable after {seconds} s ({detail})",
+            "database connection re-established after {seconds} s")
+        self.s3_outage = Outage(
+            log, "exhibition refresh failed, keeping the {detail}",
+            "exhibition refresh still failing after {seconds} s, keeping the {detail}",
+            "exhibition refresh works again after {seconds} s")
+        self.kafka_abandoned = False  # its close did not finish in time: exit without waiting
         self.exhibitions = exhibitions
-        self.rules = settings.rules(frozenset(exhibitions))
+        self.rules = settings.rules(
+            {number: e.start_date for number, e in exhibitions.items()})
         self.stopping = stopping
         self.stats = Stats()
         self.fatal_error: KafkaError | None = None
-        self.kafka_down_since: float | None = None  # monotonic time every broker went away
         self.pending_offsets: dict[tuple[str, int], int] = {}
         self.reject_log = RejectLog(settings.REJECT_LOG, settings.REJECT_LOG_MAX_VALUE_BYTES)
         self.alerts = AlertSender(settings.ALERT_SNS_TOPIC_ARN)
@@ -187,6 +225,7 @@ class Pipeline:
         self.marks: dict[tuple[str, int], int] = {}
         self.database_down = threading.Event()
         self.conn: db.Connection | None = None
+        self._with_database(self._check_database)
         self._log_upsert(self._with_database(
             lambda conn: db.upsert_exhibitions(conn, exhibitions.values())))
         self.alerts.submit(_alerts(self._with_database(db.pending_alerts)))
@@ -202,7 +241,11 @@ class Pipeline:
             "stats_cb": self._on_kafka_stats,
             "statistics.interval.ms": settings.STATS_INTERVAL_S * 1000,
             "logger": logging.getLogger("kafka"),
+            "log_level": KAFKA_LOG_LEVEL,
+            "on_commit": self._on_commit,
         })
+        metrics.EXHIBITIONS.set(len(exhibitions))
+        metrics.METADATA_REFRESHED.set_to_current_time()
 
     # ---- database, with retries while it is away
     def _retrying(self) -> Retrying:
@@ -211,15 +254,18 @@ class Pipeline:
             wait=wait_exponential(multiplier=0.5, max=30),
             stop=stop_when_event_set(self.stopping.event),
             sleep=self.stopping.event.wait,
-            before_sleep=self._database_unavailable,
+            before_sleep=lambda state: self._database_failed(state.outcome.exception()),
             reraise=True,
         )
 
-    def _database_unavailable(self, state: RetryCallState) -> None:
+    def _database_failed(self, error: BaseException | None) -> None:
+        """Before each wait for the database: the daemon is alive (retrying is its job, and the
+        loop may be waiting for this write), but not ready; judging runs ahead meanwhile."""
         self.database_down.set()
-        log.warning("database unavailable (%s); retrying in %.1fs",
-                    _one_line(state.outcome.exception() if state.outcome else None),
-                    state.next_action.sleep if state.next_action else 0.0)
+        self.health.turned()
+        self.health.database_up = False
+        metrics.DATABASE_UP.set(0)
+        self.database_outage.failed(_one_line(error))
 
     def _with_database(self, work: Callable[[db.Connection], T]) -> T:
         """Run `work` on the connection, reconnecting and retrying while the database is away.
@@ -229,18 +275,22 @@ class Pipeline:
         for attempt in self._retrying():
             with attempt:
                 if self.conn is None or self.conn.closed:
-                    reconnecting = self.conn is not None
                     self.conn = db.connect(self.settings.database())
-                    if reconnecting:
-                        log.info("database connection re-established")
                 try:
                     result = work(self.conn)
                 except db.CONNECTION_ERRORS:
                     self.conn.close()
                     raise
                 self.database_down.clear()
+                self.health.database_up = True
+                metrics.DATABASE_UP.set(1)
+                self.database_outage.recovered()
                 return result
         raise AssertionError("unreachable")  # pragma: no cover - Retrying returns or raises
+
+    def _check_database(self, conn: db.Connection) -> None:
+        """SchemaMismatch unless the clock is the settings' (db.connect checked the schema)."""
+        db.check_clock(conn, self.settings.clock())
 
     def _refresh_exhibitions(self) -> None:
         """Pick up exhibitions added to (or removed from) the bucket; keep the last good set.
@@ -252,9 +302,10 @@ class Pipeline:
         try:
             exhibitions = load_metadata(self.settings, self.exhibitions)
         except METADATA_ERRORS as error:
-            log.warning("exhibition refresh failed, keeping the %d loaded: %s",
-                        len(self.exhibitions), _one_line(error))
+            self.s3_outage.failed(f"{len(self.exhibitions)} loaded: {_one_line(error)}")
             return
+        self.s3_outage.recovered()
+        metrics.METADATA_REFRESHED.set_to_current_time()
         if exhibitions == self.exhibitions:
             return
         upsert = self.writer.submit(self._with_database,
@@ -263,7 +314,9 @@ class Pipeline:
         added = sorted(e.public_id for n, e in exhibitions.items() if n not in self.exhibitions)
         removed = sorted(e.public_id for n, e in self.exhibitions.items() if n not in exhibitions)
         self.exhibitions = exhibitions
-        self.rules = self.settings.rules(frozenset(exhibitions))
+        self.rules = self.settings.rules(
+            {number: e.start_date for number, e in exhibitions.items()})
+        metrics.EXHIBITIONS.set(len(exhibitions))
         log.info("exhibitions refreshed: %d loaded; added %s; removed %s", len(exhibitions),
                  ", ".join(added) or "none", ", ".join(removed) or "none")
 
@@ -279,36 +332,39 @@ class Pipeline:
 
     # ---- Kafka callbacks (run inside consume())
     def _on_kafka_error(self, error: KafkaError) -> None:
+        """Every broker gone, or a lasting fault (authentication, TLS): one line when it starts,
+        a reminder a minute. A lone connection dropping while others answer is routine."""
         if error.fatal():
             self.fatal_error = error
-        if error.code() == KafkaError._ALL_BROKERS_DOWN:
-            if self.kafka_down_since is None:
-                self.kafka_down_since = time.monotonic()
-                log.warning("kafka unreachable: no broker answers; consuming pauses and resumes"
-                            " by itself when one does")
-        elif error.code() != KafkaError._TRANSPORT:  # librdkafka's own line names the broker
-            log.warning("kafka: %s", error.str())
+        elif error.code() == KafkaError._ALL_BROKERS_DOWN:
+            metrics.KAFKA_UP.set(0)
+            self.kafka_outage.failed("no broker answers")
+        elif error.code() != KafkaError._TRANSPORT or self.kafka_outage.ongoing:
+            self.kafka_outage.failed(error.str())
 
     def _kafka_answered(self) -> None:
-        if self.kafka_down_since is not None:
-            log.info("kafka reachable again after %.0f s", time.monotonic() - self.kafka_down_since)
-            self.kafka_down_since = None
+        metrics.KAFKA_UP.set(1)
+        self.kafka_outage.recovered()
 
     def _on_kafka_stats(self, stats_json: str) -> None:
         stats = json.loads(stats_json)
         if any(broker.get("nodeid", -1) >= 0 and broker.get("state") == "UP"
                for broker in stats.get("brokers", {}).values()):
             self._kafka_answered()
-        lags = [
-            p["consumer_lag"]
-            for topic in stats.get("topics", {}).values()
+        lags = {
+            (name, p["partition"]): p["consumer_lag"]
+            for name, topic in stats.get("topics", {}).items()
             for p in topic.get("partitions", {}).values()
             if p.get("partition", -1) >= 0 and p.get("consumer_lag", -1) >= 0
-        ]
-        self.stats.lag = sum(lags) if lags else None
+        }
+        for (topic, partition), lag in lags.items():
+            if (topic, partition) in self.health.assigned:
+                metrics.LAG.labels(topic, str(partition)).set(lag)
+        self.stats.lag = sum(lags.values()) if lags else None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._kafka_answered()
+        self.health.assigned |= {(p.topic, p.partition) for p in partitions}
         log.info("assigned partitions %s", _partition_list(partitions))
         keys = [(p.topic, p.partition) for p in partitions]
         try:
@@ -323,6 +379,10 @@ class Pipeline:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked partitions %s", _partition_list(partitions))
         revoked = {(p.topic, p.partition) for p in partitions}
+        self.health.assigned -= revoked
+        for topic, partition in revoked:
+            with contextlib.suppress(KeyError):  # no lag was reported for it yet
+                metrics.LAG.remove(topic, str(partition))
         self._collect_written(wait_s=None)
         for key in revoked:
             self.pending_offsets.pop(key, None)
@@ -330,15 +390,31 @@ class Pipeline:
         self.paused = False  # a new assignment starts unpaused
 
     def _commit_pending(self) -> None:
-        """Commit the offsets of every batch already written; on failure keep them for next time."""
+        """Commit the offsets of every batch already written, without waiting (a commit to a
+        vanished broker may hang for minutes): _on_commit hears the outcome, and a failed
+        commit's offsets go back to be committed with the next batch."""
         if not self.pending_offsets:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.pending_offsets.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=True)
             self.pending_offsets.clear()
         except KafkaException as error:
-            log.warning("offset commit failed, will retry: %s", error.args[0].str())
+            metrics.COMMIT_FAILURES.inc()
+            self.kafka_outage.failed(f"offset commit failed, will retry: {error.args[0].str()}")
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [p for p in partitions if p.error is not None]
+        if error is None and not failed:
+            metrics.COMMITS.inc()
+            return
+        metrics.COMMIT_FAILURES.inc()
+        reason = error if error is not None else failed[0].error
+        self.kafka_outage.failed(f"offset commit failed, will retry: {reason.str()}")
+        for p in failed or partitions:
+            key = (p.topic, p.partition)
+            if key in self.health.assigned and p.offset > self.pending_offsets.get(key, -1):
+                self.pending_offsets[key] = p.offset
 
     # ---- the loop
     def run(self) -> int:
@@ -350,6 +426,8 @@ class Pipeline:
         next_refresh = time.monotonic() + self.settings.METADATA_REFRESH_S
         try:
             while not self.stopping:
+                self.health.turned()
+                self.kafka_outage.remind()
                 messages = self.consumer.consume(self.settings.BATCH_SIZE, timeout=linger_s)
                 if self.fatal_error is not None:
                     log.error("kafka fatal error, exiting: %s", self.fatal_error.str())
@@ -361,6 +439,7 @@ class Pipeline:
                         if error.fatal():
                             return 1
                 if messages:
+                    self._kafka_answered()
                     self.process(messages)
                 else:
                     self._collect_written(wait_s=0)
@@ -412,13 +491,17 @@ class Pipeline:
                outbox: list[db.OutboxAlert]) -> db.WriteResult:
         """One batch's transaction, recording with it every alert SNS accepted meanwhile."""
         sent = self.alerts.take_sent()
+        started = time.perf_counter()
         try:
-            return db.write_interactions(
+            result = db.write_interactions(
                 conn, batch.ratings, batch.requests, rejected, outbox,
                 [db.OutboxAlert(*alert, sent_at=at) for alert, at in sent], batch.spans())
         except BaseException:
             self.alerts.give_back(sent)
             raise
+        metrics.BATCH_WRITE.observe(time.perf_counter() - started)
+        metrics.LAST_BATCH.set_to_current_time()
+        return result
 
     def _alerts_for(self, presses: Iterable[db.Interaction]) -> list[Alert]:
         """The presses' alerts; none without an SNS topic (nothing to send or record)."""
@@ -523,12 +606,24 @@ class Pipeline:
             self.writer.submit(self._record_and_rescan, False).result()
         self.writer.shutdown(cancel_futures=True)
         log.info("%s", self.stats.line(self.alerts))
-        self._commit_pending()
-        self.consumer.close()
+        closing = threading.Thread(target=self._close_consumer, name="kafka-close", daemon=True)
+        closing.start()
+        closing.join(KAFKA_CLOSE_BOUND_S)
+        if closing.is_alive():
+            self.kafka_abandoned = True
+            log.warning("kafka did not confirm the last offset commit within %.0f s; those"
+                        " messages will be read again after the restart and stored once",
+                        KAFKA_CLOSE_BOUND_S)
         self.reject_log.close()
         if self.conn is not None:
             self.conn.close()
         log.info("stopped cleanly")
+
+
+    def _close_consumer(self) -> None:
+        """The last commit, then the close: librdkafka waits in it for the commit's answer."""
+        self._commit_pending()
+        self.consumer.close()
 
 
 def _size(batch: JudgedBatch) -> int:
@@ -563,6 +658,8 @@ def check(settings: PipelineSettings) -> int:
     def database() -> str:
         conn = db.connect(settings.database(), application_name="lmnh-pipeline-check")
         try:
+            version = db.check_schema(conn)
+            db.check_clock(conn, settings.clock())
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM exhibition")
                 count = cur.fetchone()[0]
@@ -573,13 +670,20 @@ def check(settings: PipelineSettings) -> int:
             warnings.append("database: the server's identity is not verified; in production set "
                             "DATABASE_SSLMODE=verify-full and DATABASE_SSLROOTCERT (README)")
         return (f"{settings.DATABASE_IP}:{settings.DATABASE_PORT}/{settings.DATABASE_NAME}"
-                f" as {settings.DATABASE_USERNAME}, schema present, {count} exhibitions stored,"
-                f" {tls.describe()}")
+                f" as {settings.DATABASE_USERNAME}, schema version {version}, museum clock"
+                f" {settings.clock().describe()}, {count} exhibitions stored, {tls.describe()}")
 
     def kafka() -> str:
-        consumer = Consumer(settings.kafka() | {"logger": logging.getLogger("kafka")})
+        errors: list[KafkaError] = []  # librdkafka's first complaint names the cause
+        consumer = Consumer(settings.kafka() | {
+            "logger": logging.getLogger("kafka"), "log_level": KAFKA_LOG_LEVEL,
+            "error_cb": errors.append})
         try:
             topic = consumer.list_topics(settings.TOPIC, timeout=15).topics[settings.TOPIC]
+        except KafkaException as error:
+            consumer.poll(0)  # serves the error callback: not subscribed, so no message
+            cause = f" ({errors[0].str()})" if errors else ""
+            raise KafkaException(f"{error.args[0].str()}{cause}") from None
         finally:
             consumer.close()
         if topic.error is not None:
@@ -619,16 +723,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     stopping = StopFlag()
     signal.signal(signal.SIGTERM, stopping.set)
     signal.signal(signal.SIGINT, stopping.set)
+    health = metrics.Health(settings.HEALTH_STALL_S)
+    if settings.METRICS_PORT:
+        try:
+            metrics.serve(settings.METRICS_ADDRESS, settings.METRICS_PORT, health)
+        except OSError as error:
+            log.error("cannot serve metrics on %s:%d: %s", settings.METRICS_ADDRESS,
+                      settings.METRICS_PORT, error.strerror or error)
+            return 1
+        log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz",
+                 settings.METRICS_ADDRESS, settings.METRICS_PORT)
     try:
-        pipeline = Pipeline(settings, exhibitions, stopping)
+        pipeline = Pipeline(settings, exhibitions, stopping, health)
     except db.CONNECTION_ERRORS as error:
         log.error("cannot reach the database: %s", _one_line(error))
         return 0 if stopping else 1
+    except db.SchemaMismatch as error:
+        log.error("refusing to start: %s", error)
+        return EXIT_SCHEMA
     log.info("database %s:%s/%s, topic %s, group %s, reject log %s", settings.DATABASE_IP,
              settings.DATABASE_PORT, settings.DATABASE_NAME, settings.TOPIC, settings.GROUP,
              settings.REJECT_LOG)
     tune_interpreter()
-    return pipeline.run()
+    code = pipeline.run()
+    if pipeline.kafka_abandoned:  # a thread is still inside librdkafka: do not wait for it
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def tune_interpreter() -> None:

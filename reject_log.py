@@ -12,6 +12,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+# Line breaks to str.splitlines() that JSON leaves as they are: escaped, so a reader splitting
+# the log in Python sees one line per reject too.
+_UNICODE_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028",
+                                      "\u2029": "\\u2029"})
+
 
 def _utf8_prefix(value: bytes, limit: int) -> bytes:
     """At most `limit` bytes of valid UTF-8 `value`, never ending inside a character."""
@@ -38,7 +43,7 @@ def format_reject_line(logged_at: datetime, reason: str, location: str, detail: 
             shown = repr(value[:max_value_bytes])
         else:
             shown = json.dumps(_utf8_prefix(value, max_value_bytes).decode("utf-8"),
-                               ensure_ascii=False)
+                               ensure_ascii=False).translate(_UNICODE_LINE_BREAKS)
     return (f"{logged_at.isoformat(timespec='milliseconds')}\t{reason}\t{location}\t"
             f"{detail!r}\t{shown}\t{length}\t{digest}\n")
 

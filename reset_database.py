@@ -1,7 +1,8 @@
 """Drop and recreate the kiosk schema as an administrator role (reset_database.sh runs this).
 
-It applies schema.sql then schema_views.sql with psql in one transaction, so a failure changes
-nothing. Its settings are read as every entry point reads them (the environment, then `.env`
+It applies schema.sql, the museum's clock (MUSEUM_TIMEZONE, OPENING_TIME, CLOSING_TIME, as the
+pipeline validates by them), then schema_views.sql with psql in one transaction, so a failure
+changes nothing. Its settings are read as every entry point reads them (the environment, then `.env`
 parsed by python-dotenv, never executed), but it logs in as the administrator role
 (`--admin-user`, else DATABASE_ADMIN_USERNAME), never as the pipeline's DATABASE_USERNAME: the
 administrator's password comes from PGPASSWORD or ~/.pgpass, never from DATABASE_PASSWORD.
@@ -9,6 +10,9 @@ administrator's password comes from PGPASSWORD or ~/.pgpass, never from DATABASE
 
 from __future__ import annotations
 
+import requires_python  # noqa: F401 - first: an older Python gets one line
+
+# isort: split
 import argparse
 import os
 import shutil
@@ -21,6 +25,8 @@ from settings import EXIT_CONFIG, ResetSettings, read_settings
 
 HERE = Path(__file__).resolve().parent
 # libpq variables this script decides; the operator's own ones (PGPASSWORD, PGPASSFILE...) pass.
+CLOCK_SQL = ("UPDATE public.museum_settings SET time_zone = :'zone', opening_time = :'opens',"
+             " closing_time = :'closes';\n")
 DECIDED = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSSLMODE", "PGSSLROOTCERT", "PGAPPNAME")
 
 
@@ -67,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     print(f"resetting database {settings.DATABASE_NAME} on {settings.DATABASE_IP}:"
           f"{settings.DATABASE_PORT} as {admin_user}", flush=True)
+    clock = settings.clock()
+    tables, views = (str(HERE / name) for name in db.SCHEMA_FILES)
     done = subprocess.run(
         [psql, "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-         *(arg for name in db.SCHEMA_FILES for arg in ("-f", str(HERE / name)))],
+         "-v", f"zone={clock.zone}", "-v", f"opens={clock.opens}", "-v", f"closes={clock.closes}",
+         # The museum's clock, from the pipeline's settings, before schema_views.sql bakes it in.
+         "-f", tables, "-f", "-", "-f", views],
+        input=CLOCK_SQL, text=True,
         env=psql_environment(settings, admin_user, operator_env), check=False)
     if done.returncode != 0:
         print("reset failed: nothing was changed", file=sys.stderr)

@@ -5,8 +5,8 @@
 -- re-applied whole after every migration.
 
 DROP TABLE IF EXISTS rating_interaction, request_interaction, rejected_message, rating_hourly,
-    request_hourly, exhibition, department, floor, rating, request, emergency_alert,
-    source_progress CASCADE;
+    request_hourly, exhibition, department, floor, rating, request, museum_settings,
+    schema_version, emergency_alert, source_progress CASCADE;
 
 CREATE TABLE department (
     department_id   SMALLINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -82,8 +82,7 @@ CREATE TABLE rejected_message (
 
 CREATE INDEX rating_interaction_event_at_idx ON rating_interaction USING brin (event_at);
 CREATE INDEX request_interaction_event_at_idx ON request_interaction USING brin (event_at);
-CREATE INDEX rejected_message_local_date_idx
-    ON rejected_message (((rejected_at AT TIME ZONE 'Europe/London')::date));
+-- rejected_message's index by museum-local day is in schema_views.sql: it follows the zone.
 
 -- Rollups: presses per exhibition, museum-local hour and value. The dashboards' daily and
 -- hourly views read these, not the millions of interaction rows.
@@ -104,6 +103,28 @@ CREATE TABLE request_hourly (
     requests      BIGINT NOT NULL,
     PRIMARY KEY (local_date, exhibition_id, local_hour, request_value)
 );
+
+-- The museum's clock: one row, the one place the views, the rollup trigger and the dashboard
+-- take the time zone and opening hours from. reset_database.sh and migrate.py write it from
+-- MUSEUM_TIMEZONE, OPENING_TIME and CLOSING_TIME, then re-apply schema_views.sql (which bakes
+-- the zone into museum_zone() and recounts the rollups if it changed); change it only so.
+CREATE TABLE museum_settings (
+    only_row     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    time_zone    TEXT NOT NULL
+        CHECK ((TIMESTAMPTZ '2000-01-01 00:00+00' AT TIME ZONE time_zone) IS NOT NULL),
+    opening_time TIME NOT NULL,
+    closing_time TIME NOT NULL CHECK (closing_time > opening_time)
+);
+INSERT INTO museum_settings VALUES (DEFAULT, 'Europe/London', '08:45', '18:15');
+
+-- Which migrations (migrations/NNNN_name.sql) this database has: its schema version is the
+-- highest. A database of the first release has no such table and is version 1. A migration
+-- that changes a table above also raises the version inserted here.
+CREATE TABLE schema_version (
+    version    INTEGER PRIMARY KEY CHECK (version >= 1),
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+INSERT INTO schema_version (version) VALUES (3);
 
 -- Emergency alerts, recorded with the press (same transaction) and marked when SNS accepts the
 -- message: sent_at is NULL while the alert is pending. The words are stored, so an alert sent

@@ -5,13 +5,52 @@
 DROP VIEW IF EXISTS v_rating, v_request, v_exhibition_hourly, v_exhibition_daily,
     v_rejects_daily, exhibition_hour_counts CASCADE;
 
+-- The museum's zone, from museum_settings, baked into museum_zone() as a constant: IMMUTABLE,
+-- so the planner folds it into the views, the trigger and the index below exactly as it folded
+-- the literal zone before (no table read per row, and the index is usable). That is
+-- true only while the row is unchanged, so the row changes only through reset_database.sh and
+-- migrate.py, which re-apply this file: when the zone differs from the one baked before, the
+-- index by local day is rebuilt and the hourly rollups are recounted from the stored rows.
+DO $$
+DECLARE
+    zone TEXT := (SELECT time_zone FROM public.museum_settings);
+    baked TEXT;
+BEGIN
+    IF to_regprocedure('public.museum_zone()') IS NOT NULL THEN
+        EXECUTE 'SELECT public.museum_zone()' INTO baked;
+    END IF;
+    EXECUTE format('CREATE OR REPLACE FUNCTION public.museum_zone() RETURNS TEXT LANGUAGE sql'
+                   ' IMMUTABLE PARALLEL SAFE AS %L', format('SELECT %L::text', zone));
+    IF baked IS DISTINCT FROM zone THEN
+        DROP INDEX IF EXISTS public.rejected_message_local_date_idx;
+    END IF;
+    IF baked IS NOT NULL AND baked <> zone THEN
+        TRUNCATE public.rating_hourly, public.request_hourly;
+        INSERT INTO public.rating_hourly (local_date, exhibition_id, local_hour, rating_value, ratings)
+        SELECT (event_at AT TIME ZONE zone)::date, exhibition_id,
+               extract(hour FROM event_at AT TIME ZONE zone), rating_value, count(*)
+        FROM public.rating_interaction GROUP BY 1, 2, 3, 4;
+        INSERT INTO public.request_hourly (local_date, exhibition_id, local_hour, request_value, requests)
+        SELECT (event_at AT TIME ZONE zone)::date, exhibition_id,
+               extract(hour FROM event_at AT TIME ZONE zone), request_value, count(*)
+        FROM public.request_interaction GROUP BY 1, 2, 3, 4;
+        RAISE NOTICE 'museum time zone changed from % to %: hourly rollups recounted', baked, zone;
+    END IF;
+END
+$$;
+
+CREATE INDEX IF NOT EXISTS rejected_message_local_date_idx
+    ON public.rejected_message (((rejected_at AT TIME ZONE public.museum_zone())::date));
+
 -- Counts the rows a statement (COPY or INSERT) really inserted into the rollup named by the
 -- trigger's arguments (rollup table, value column, count column), in the same transaction: a
 -- row that ON CONFLICT skipped is not in new_rows, so a replay adds nothing. One aggregate per
--- statement: rows are first counted per UTC hour (no time-zone work per row), then each hour is
--- placed in museum time; Europe/London's offsets are whole hours, so an hour never straddles
--- two local hours, but the autumn change maps two UTC hours onto one local hour, hence the
--- second GROUP BY. Groups are written in key order, so concurrent writers cannot deadlock.
+-- statement: rows are first counted per quarter hour of UTC (no time-zone work per row), then
+-- each quarter is placed in museum time. Every zone's offset is a whole number of quarter hours
+-- (Asia/Kolkata +5:30, Asia/Kathmandu +5:45), so a quarter never straddles two local hours, as
+-- a UTC hour would; several quarters (and the autumn change's repeated hour) map onto one local
+-- hour, hence the second GROUP BY. Groups are written in key order, so concurrent writers cannot
+-- deadlock.
 -- SECURITY DEFINER: the writer role inserts rows; only this function touches the rollups. So that
 -- no other role can make it run their code as its owner, it searches only pg_catalog (and
 -- pg_temp last, where functions and operators are never looked up), names every table and
@@ -22,13 +61,13 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE pg_catalog.format($query$
         INSERT INTO public.%1$I AS rollup (local_date, exhibition_id, local_hour, %2$I, %3$I)
-        SELECT (hour_start AT TIME ZONE TEXT 'Europe/London')::pg_catalog.date, exhibition_id,
-               extract(hour FROM hour_start AT TIME ZONE TEXT 'Europe/London'),
+        SELECT (quarter_start AT TIME ZONE public.museum_zone())::pg_catalog.date, exhibition_id,
+               extract(hour FROM quarter_start AT TIME ZONE public.museum_zone()),
                %2$I, pg_catalog.sum(presses)
-        FROM (SELECT pg_catalog.date_bin(INTERVAL '1 hour', event_at,
-                                         TIMESTAMPTZ '2000-01-01 00:00+00') AS hour_start,
+        FROM (SELECT pg_catalog.date_bin(INTERVAL '15 minutes', event_at,
+                                         TIMESTAMPTZ '2000-01-01 00:00+00') AS quarter_start,
                      exhibition_id, %2$I, pg_catalog.count(*) AS presses
-              FROM new_rows GROUP BY 1, 2, 3) AS per_utc_hour
+              FROM new_rows GROUP BY 1, 2, 3) AS per_utc_quarter
         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (local_date, exhibition_id, local_hour, %2$I)
         DO UPDATE SET %3$I = rollup.%3$I + EXCLUDED.%3$I
@@ -50,15 +89,15 @@ CREATE TRIGGER request_interaction_hourly AFTER INSERT ON public.request_interac
 
 -- ---------------------------------------------------------------- views for Tableau and SQL
 -- Stable names and columns: workbooks use these, so the tables underneath may change.
--- Museum-local times are Europe/London (the kiosks' clock).
+-- Museum-local times are in museum_zone(), the zone of museum_settings (the kiosks' clock).
 
 -- One row per rating, flattened.
 CREATE VIEW v_rating AS
 SELECT ri.event_at                                                 AS event_at_utc,
-       ri.event_at AT TIME ZONE 'Europe/London'                    AS event_at_local,
-       (ri.event_at AT TIME ZONE 'Europe/London')::date            AS local_date,
-       extract(hour FROM ri.event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
-       extract(isodow FROM ri.event_at AT TIME ZONE 'Europe/London')::int AS local_weekday,
+       ri.event_at AT TIME ZONE museum_zone()                    AS event_at_local,
+       (ri.event_at AT TIME ZONE museum_zone())::date            AS local_date,
+       extract(hour FROM ri.event_at AT TIME ZONE museum_zone())::int AS local_hour,
+       extract(isodow FROM ri.event_at AT TIME ZONE museum_zone())::int AS local_weekday,
        e.public_id                                                 AS exhibition_id,
        e.exhibition_name,
        f.floor_name                                                AS floor,
@@ -76,10 +115,10 @@ JOIN rating r USING (rating_value);
 -- were recorded); alert_pending: an emergency whose alert is not sent yet.
 CREATE VIEW v_request AS
 SELECT qi.event_at                                                 AS event_at_utc,
-       qi.event_at AT TIME ZONE 'Europe/London'                    AS event_at_local,
-       (qi.event_at AT TIME ZONE 'Europe/London')::date            AS local_date,
-       extract(hour FROM qi.event_at AT TIME ZONE 'Europe/London')::int AS local_hour,
-       extract(isodow FROM qi.event_at AT TIME ZONE 'Europe/London')::int AS local_weekday,
+       qi.event_at AT TIME ZONE museum_zone()                    AS event_at_local,
+       (qi.event_at AT TIME ZONE museum_zone())::date            AS local_date,
+       extract(hour FROM qi.event_at AT TIME ZONE museum_zone())::int AS local_hour,
+       extract(isodow FROM qi.event_at AT TIME ZONE museum_zone())::int AS local_weekday,
        e.public_id                                                 AS exhibition_id,
        e.exhibition_name,
        f.floor_name                                                AS floor,
@@ -176,7 +215,7 @@ JOIN department d USING (department_id);
 
 -- Rejected messages per museum-local day and reason: the data-quality picture.
 CREATE VIEW v_rejects_daily AS
-SELECT (rejected_at AT TIME ZONE 'Europe/London')::date AS local_date, reason,
+SELECT (rejected_at AT TIME ZONE museum_zone())::date AS local_date, reason,
        count(*)::bigint AS rejected
 FROM rejected_message
 GROUP BY 1, 2;

@@ -1,7 +1,8 @@
 """Every entry point's settings, from the environment (after `.env`), in one place.
 
 Each entry point asks only for what it uses: the daemon for `PipelineSettings`, the backfill for
-`BackfillSettings` (no Kafka), the dashboard for `DashboardSettings` (the database only). The
+`BackfillSettings` (no Kafka), the dashboard for `DashboardSettings` (the database only), the
+schema upgrade for `MigrateSettings` (the database as its administrator, and the clock). The
 names are the operators' contract (.env.example lists them). A blank value for an optional
 setting (`SASL_MECHANISM=`) counts as not set. Errors name the setting, never its value.
 """
@@ -9,7 +10,8 @@ setting (`SASL_MECHANISM=`) counts as not set. Errors name the setting, never it
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -81,9 +83,16 @@ class MuseumEnvironment(_Environment):
             raise ValueError("not a known IANA time zone") from None
         return zone
 
-    def rules(self, sites: frozenset[int]) -> Rules:
+    def clock(self) -> db.MuseumClock:
+        """The zone and hours as the database's museum_settings row holds them."""
+        rules = self.rules({})
+        return db.MuseumClock(self.MUSEUM_TIMEZONE, rules.opens, rules.closes)
+
+    def rules(self, starts: Mapping[int, date]) -> Rules:
+        """The rules for the exhibitions loaded: site number -> START_DATE (museum-local)."""
         return Rules(
-            sites=sites,
+            sites=frozenset(starts),
+            starts=dict(starts),
             museum_tz=ZoneInfo(self.MUSEUM_TIMEZONE),
             opens=datetime.strptime(self.OPENING_TIME, _time_format(self.OPENING_TIME)).time(),
             closes=datetime.strptime(self.CLOSING_TIME, _time_format(self.CLOSING_TIME)).time(),
@@ -162,10 +171,32 @@ class PipelineSettings(BackfillSettings, KafkaEnvironment):
     ALERT_SNS_TOPIC_ARN: str | None = Field(None, pattern=r"^arn:[^:]+:sns:")
     # Judged messages held while the database is away; the partitions pause at this bound.
     WRITE_BUFFER_MESSAGES: int = Field(50_000, ge=1)
+    # The Prometheus metrics and health endpoint; unset (or 0) serves nothing.
+    METRICS_ADDRESS: str = Field("127.0.0.1", min_length=1)
+    METRICS_PORT: int | None = Field(None, ge=0, le=65535)
+    # /healthz fails when the loop has not turned for this long.
+    HEALTH_STALL_S: int = Field(120, ge=5)
 
 
-class ResetSettings(DatabaseServerEnvironment):
-    """reset_database.sh: the database and the administrator role that recreates its schema.
+class MigrateSettings(DatabaseServerEnvironment, MuseumEnvironment):
+    """migrate.py: the database, as the administrator role that owns the tables (as for
+    reset_database.sh), and the museum's clock to write into it."""
+
+    DATABASE_ADMIN_USERNAME: str | None = None
+    DATABASE_CONNECT_TIMEOUT_S: int = Field(10, ge=1)
+
+    def admin_database(self, user: str, password: str) -> db.DatabaseSettings:
+        """No statement timeout: a migration may rewrite a large table."""
+        return db.DatabaseSettings(
+            host=self.DATABASE_IP, port=self.DATABASE_PORT, name=self.DATABASE_NAME, user=user,
+            password=password, sslmode=self.DATABASE_SSLMODE,
+            sslrootcert=self.DATABASE_SSLROOTCERT,
+            connect_timeout_s=self.DATABASE_CONNECT_TIMEOUT_S, statement_timeout_ms=0)
+
+
+class ResetSettings(DatabaseServerEnvironment, MuseumEnvironment):
+    """reset_database.sh: the database, the administrator role that recreates its schema, and the
+    museum's clock it writes into it.
 
     Never the pipeline's DATABASE_USERNAME or DATABASE_PASSWORD: the administrator's password
     comes from PGPASSWORD or ~/.pgpass, as for any libpq tool.

@@ -19,6 +19,9 @@ description instead, so the same description always gives the same file.
 
 from __future__ import annotations
 
+import requires_python  # noqa: F401 - first: an older Python gets one line
+
+# isort: split
 import argparse
 import hashlib
 import sys

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta, tzinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 RATING_LABELS = ("Terrible", "Bad", "Neutral", "Good", "Amazing")
@@ -37,6 +39,7 @@ class Reason(StrEnum):
     UNKNOWN_SITE = "unknown_site"
     INVALID_VAL = "invalid_val"
     INVALID_TYPE = "invalid_type"
+    BEFORE_EXHIBITION_START = "before_exhibition_start"
     # The historical CSV exports (backfill.py): local times without an offset, and lines that
     # are not a CSV row of the expected shape.
     NONEXISTENT_LOCAL_TIME = "nonexistent_local_time"
@@ -46,31 +49,55 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """What a message is judged against: the known exhibitions and the museum's hours."""
+    """What a message is judged against: the known exhibitions and the museum's hours.
+
+    `starts` holds each exhibition's START_DATE (a museum-local date); a press dated before
+    its site's start is rejected. A site without a start date has no such bound.
+    """
 
     sites: frozenset[int]
     museum_tz: tzinfo = MUSEUM_TZ
     opens: time = time(8, 45)
     closes: time = time(18, 15)
     max_future: timedelta = timedelta(minutes=5)
+    starts: Mapping[int, date] = field(default_factory=dict, hash=False)
+    # Derived once for the kiosk-form fast path: a known site's canonical spelling -> (number,
+    # first valid local date).
+    _fast_sites: Mapping[bytes, tuple[int, date]] = field(
+        init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_fast_sites", MappingProxyType({
+            str(site).encode(): (site, self.starts.get(site, date.min)) for site in self.sites}))
 
 
-@dataclass(frozen=True, slots=True)
-class Rating:
+class _Press(NamedTuple):
+    """An accepted press. A tuple because one is built for most messages (a frozen dataclass
+    costs about four times as much to build); equal only to a press of the same kind."""
+
+    site: int
+    value: int
+    at: datetime
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
+
+
+class Rating(_Press):
     """A valid rating press: `site` N is exhibition EXH_0N, `value` 0 (Terrible)..4 (Amazing)."""
 
-    site: int
-    value: int
-    at: datetime
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(_Press):
     """A valid request press: `value` 0 is assistance, 1 is emergency."""
 
-    site: int
-    value: int
-    at: datetime
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +169,11 @@ def parse_at(at: Any) -> datetime | Rejection:
     return parsed
 
 
-def check_time(at: datetime, rules: Rules, now: datetime) -> Rejection | None:
-    """Opening hours in museum local time (bounds inclusive), then the future bound."""
+def check_time(at: datetime, rules: Rules, now: datetime) -> datetime | Rejection:
+    """Opening hours in museum local time (bounds inclusive), then the future bound.
+
+    Returns the press's museum-local time, which the start-date rule reads.
+    """
     try:
         local = at.astimezone(rules.museum_tz)
     except OverflowError:  # year 1 or 9999 shifted out of range
@@ -152,7 +182,7 @@ def check_time(at: datetime, rules: Rules, now: datetime) -> Rejection | None:
         return Rejection(Reason.OUTSIDE_HOURS, f"pressed at {local:%H:%M:%S} museum time")
     if at - now > rules.max_future:
         return Rejection(Reason.FUTURE_AT, "at is in the future")
-    return None
+    return local
 
 
 def parse_site(site: Any, sites: frozenset[int]) -> int | Rejection:
@@ -177,17 +207,38 @@ _KIOSK_FORM = re.compile(rb'\{"at": ' + _JSON_TEXT + rb', "site": ' + _JSON_TEXT
                          + rb', "val": ' + _JSON_INT + rb'(?:, "type": ' + _JSON_INT + rb")?\}")
 
 
+# The verdict of a kiosk-form message's (val, type) spellings when they are valid.
+_FAST_KINDS: dict[tuple[bytes, bytes | None], tuple[type[Rating] | type[Request], int]] = {
+    **{(str(value).encode(), None): (Rating, value) for value in range(len(RATING_LABELS))},
+    **{(b"-1", str(kind).encode()): (Request, kind) for kind in range(len(REQUEST_LABELS))},
+}
+
+
 def validate(raw: bytes | None, rules: Rules, now: datetime) -> Verdict:
     """Judge one message value. `now` is the processing clock, timezone-aware."""
     kiosk_form = _KIOSK_FORM.fullmatch(raw) if raw is not None else None
-    if kiosk_form is not None:
-        at, site, val, kind = kiosk_form.groups()
-        return judge_fields(at.decode("ascii"), site.decode("ascii"), int(val),
-                            None if kind is None else int(kind), rules, now)
-    obj = parse_json_object(raw)
-    if isinstance(obj, Rejection):
-        return obj
-    return validate_object(obj, rules, now)
+    if kiosk_form is None:
+        obj = parse_json_object(raw)
+        if isinstance(obj, Rejection):
+            return obj
+        return validate_object(obj, rules, now)
+    at_text, site_text, val_text, kind_text = kiosk_form.groups()
+    # The common case, a valid press, in one pass with no detour; anything that does not pass
+    # every rule here is judged again below by judge_fields, which names the first rule broken.
+    site = rules._fast_sites.get(site_text)
+    kind = _FAST_KINDS.get((val_text, kind_text))
+    if site is not None and kind is not None:
+        try:
+            at = datetime.fromisoformat(at_text.decode("ascii"))
+            local = at.astimezone(rules.museum_tz)
+        except (ValueError, OverflowError):
+            pass
+        else:
+            if (at.tzinfo is not None and rules.opens <= local.time() <= rules.closes
+                    and at - now <= rules.max_future and local.date() >= site[1]):
+                return tuple.__new__(kind[0], (site[0], kind[1], at))
+    return judge_fields(at_text.decode("ascii"), site_text.decode("ascii"), int(val_text),
+                        None if kind_text is None else int(kind_text), rules, now)
 
 
 def validate_object(obj: dict[str, Any], rules: Rules, now: datetime) -> Verdict:
@@ -207,13 +258,17 @@ def judge_fields(at_value: Any, site_value: Any, val: Any, kind: Any, rules: Rul
     at = parse_at(at_value)
     if isinstance(at, Rejection):
         return at
-    time_problem = check_time(at, rules, now)
-    if time_problem is not None:
-        return time_problem
+    local = check_time(at, rules, now)
+    if isinstance(local, Rejection):
+        return local
 
     site = parse_site(site_value, rules.sites)
     if isinstance(site, Rejection):
         return site
+    start = rules.starts.get(site)
+    if start is not None and local.date() < start:
+        return Rejection(Reason.BEFORE_EXHIBITION_START,
+                         f"pressed on {local:%Y-%m-%d}, before site {site} opened on {start}")
 
     if not _is_json_int(val) or not REQUEST_VAL <= val < len(RATING_LABELS):
         return Rejection(Reason.INVALID_VAL, f"val {_brief(val)} is not an integer in -1..4")

@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from typing import Self
 
 from bench.pipeline_process import PipelineProcess
-from bench.services import SITES, BenchError, Stage
+from bench.services import ROOT, SITES, STARTS, BenchError, Stage
 from kiosk_simulator import SimConfig, generate, latest_start, produce
 from validation import Rating, Rejection, Request, Rules, Verdict, validate
 
 SEED = 6
+CAPTURE = ROOT.parent / "shared" / "data" / "stream" / "lmnh_stream_2026-02-24.txt"
 START_TIMEOUT_S = 120
 
 
@@ -77,7 +78,7 @@ class Backlog:
 
     @classmethod
     def judge(cls, values: list[bytes]) -> Self:
-        rules, now = Rules(sites=frozenset(SITES)), datetime.now(UTC)
+        rules, now = Rules(sites=frozenset(SITES), starts=STARTS), datetime.now(UTC)
         return cls(values, [validate(value, rules, now) for value in values])
 
     @classmethod
@@ -85,6 +86,18 @@ class Backlog:
         """`count` presses with the real junk mix, a replay ending now (so `at` is valid)."""
         config = SimConfig(start=latest_start(datetime.now(UTC), count), count=count, seed=SEED)
         return cls.judge([press.value for press in generate(config)])
+
+    @classmethod
+    def real(cls, count: int) -> Self:
+        """The museum's real capture (5,018 messages) cycled to `count` messages."""
+        if not CAPTURE.is_file():
+            raise BenchError(f"{CAPTURE} is absent: the real capture mix needs it (--mix sim)")
+        lines = CAPTURE.read_bytes().split(b"\n")[:-1]
+        return cls.judge([lines[i % len(lines)] for i in range(count)])
+
+    @classmethod
+    def of_mix(cls, mix: str, count: int) -> Self:
+        return cls.real(count) if mix == "real" else cls.simulate(count)
 
     def head(self, count: int) -> Backlog:
         return Backlog(self.values[:count], self.verdicts[:count])

@@ -32,7 +32,8 @@ INSERT_REQUEST = """
 
 def run_baseline(stage: Stage, limit: int, exhibitions: dict[int, Exhibition]) -> float:
     """Consume `limit` messages of the stage's topic as a group of its own; return messages/s."""
-    rules = Rules(sites=frozenset(exhibitions))
+    rules = Rules(sites=frozenset(exhibitions),
+                  starts={number: e.start_date for number, e in exhibitions.items()})
     consumer = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": f"{stage.group}-usual",
                          "auto.offset.reset": "earliest", "enable.auto.commit": True})
     consumer.subscribe([stage.topic])

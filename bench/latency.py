@@ -62,9 +62,9 @@ class LatencyResult:
     broker: Percentiles  # produce -> received by a bare consumer
 
 
-def run_latency(stage: Stage, rate: float, seconds: float) -> LatencyResult:
+def run_latency(stage: Stage, rate: float, seconds: float, mix: str = "sim") -> LatencyResult:
     """Start the pipeline, wait until it consumes, then send presses at `rate` for `seconds`."""
-    presses = Backlog.simulate(round(rate * seconds))
+    presses = Backlog.of_mix(mix, round(rate * seconds))
     producer = stage.producer()
     offsets = stage.offsets()
     env = stage.pipeline_env

@@ -1,28 +1,35 @@
 """The services a benchmark run uses, and a fresh database, topic and group for each phase.
 
-PostgreSQL is embedded.EmbeddedPostgres with commit timestamps on (the latency phase reads
-them); Kafka is librdkafka's mock cluster unless TEST_BOOTSTRAP_SERVERS names a broker; S3 is
-moto, holding six exhibition files EXH_00..EXH_05 in the museum's format.
+PostgreSQL is embedded.EmbeddedPostgres, or Debian's PostgreSQL 15 (/usr/lib/postgresql/15/bin)
+started here as an ordinary server over TCP with password authentication (scram-sha-256), both
+with commit timestamps on (the latency phase reads them); Kafka is librdkafka's mock cluster
+unless TEST_BOOTSTRAP_SERVERS names a broker; S3 is moto, holding six exhibition files
+EXH_00..EXH_05 in the museum's format.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psycopg2
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 import db
+import embedded
 from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
 from s3_metadata import Exhibition, load_exhibitions
 
 ROOT = Path(__file__).resolve().parents[1]
+DEBIAN_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+DATABASES = ("embedded", "debian")
 SITES = range(6)
 BUCKET = "lmnh-bench"
 # Pipeline settings passed through from the benchmark's environment, to try other values.
@@ -35,6 +42,11 @@ EXHIBITIONS = (
     ("pollution", "Our Polluted World", "3", "Ecology", "12/05/21", "Humanity's impact."),
     ("dino", "Thunder Lizards", "1", "Paleontology", "01/02/23", "Dinosaurs rethought."),
 )
+
+
+# Each site's START_DATE, as the pipeline reads it from the files above.
+STARTS = {site: datetime.strptime(row[4], "%d/%m/%y").date()
+          for site, row in zip(SITES, EXHIBITIONS, strict=True)}
 
 
 class BenchError(Exception):
@@ -168,11 +180,55 @@ def create_topic(bootstrap: str, topic: str) -> int:
         raise BenchError(str(error)) from None
 
 
+@dataclass
+class DebianPostgres(EmbeddedPostgres):
+    """Debian's PostgreSQL 15 as a standalone server: TCP, scram-sha-256 with a password.
+
+    Everything but the binaries and the authentication is EmbeddedPostgres's (the same data
+    folder, private to the server's user when run as root; fsync on).
+    """
+
+    bin_dir: Path | None = DEBIAN_PG_BIN
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+
+    def start(self) -> DebianPostgres:
+        if not (DEBIAN_PG_BIN / "initdb").exists():
+            raise BenchError(f"{DEBIAN_PG_BIN} has no initdb: apt-get install postgresql")
+        data = self.cluster_dir
+        if not (data / "PG_VERSION").exists():
+            # initdb takes the superuser's password from a file only the server's user reads.
+            if embedded._as_root():
+                embedded._prepare_private_home(self.data_dir)
+            data.parent.mkdir(parents=True, exist_ok=True)
+            password_file = data.parent / "initdb.pw"
+            password_file.touch(mode=0o600)
+            password_file.write_text(self.password)
+            if embedded._as_root():
+                account = embedded._system_account()
+                os.chown(password_file, account.pw_uid, account.pw_gid)
+            try:
+                self._run("initdb", "--auth=scram-sha-256", "--encoding=UTF8",
+                          "--locale=C.UTF-8", "-U", embedded.PG_SUPERUSER,
+                          f"--pwfile={password_file}", "-D", str(data))
+            finally:
+                password_file.unlink()
+        super().start()
+        return self
+
+    def url(self, database: str) -> str:
+        return (f"postgresql://{embedded.PG_SUPERUSER}:{self.password}@127.0.0.1:{self.port}"
+                f"/{database}?sslmode=disable")
+
+    def env(self, database: str) -> dict[str, str]:
+        return super().env(database) | {"DATABASE_PASSWORD": self.password}
+
+
 @contextmanager
-def running_services(workdir: Path) -> Iterator[Services]:
+def running_services(workdir: Path, database: str = "embedded") -> Iterator[Services]:
     """The services, stopped on the way out whatever happens."""
     with ExitStack() as stack:
-        postgres = EmbeddedPostgres(workdir / "pg", free_port(), {"track_commit_timestamp": "on"})
+        server = DebianPostgres if database == "debian" else EmbeddedPostgres
+        postgres = server(workdir / "pg", free_port(), {"track_commit_timestamp": "on"})
         stack.callback(postgres.remove)  # the workdir is temporary
         postgres.start()
         s3 = MotoS3()

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 CAPTURE = SHARED / "data" / "stream" / "lmnh_stream_2026-02-24.txt"
 SHARED_S3 = SHARED / "data" / "s3"
+SAMPLE_METADATA = ROOT / "sample_metadata"
 _names = itertools.count()
 
 
@@ -250,15 +251,27 @@ def moto_s3() -> Iterator[MotoS3]:
     server.stop()
 
 
-@pytest.fixture
-def bucket(moto_s3: MotoS3, shared_s3_files: dict[str, bytes]) -> str:
-    """A bucket holding every file of ../shared/data/s3, as the museum's bucket does."""
+def _new_bucket(moto_s3: MotoS3, files: dict[str, bytes]) -> str:
     name = unique("lmnh-bucket").replace("_", "-")
     client = moto_s3.client()
     client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    for key, body in shared_s3_files.items():
+    for key, body in files.items():
         client.put_object(Bucket=name, Key=key, Body=body)
     return name
+
+
+@pytest.fixture
+def bucket(moto_s3: MotoS3) -> str:
+    """A bucket of the demo's sample exhibition files (sites 0-5 and a decoy): the repository's
+    own, so a test that needs exhibitions but not the museum's data runs on a fresh clone."""
+    return _new_bucket(moto_s3, {path.name: path.read_bytes()
+                                 for path in sorted(SAMPLE_METADATA.iterdir())})
+
+
+@pytest.fixture
+def real_bucket(moto_s3: MotoS3, shared_s3_files: dict[str, bytes]) -> str:
+    """A bucket holding every file of ../shared/data/s3, as the museum's bucket does."""
+    return _new_bucket(moto_s3, shared_s3_files)
 
 
 # ------------------------------------------------------------------ the pipeline process

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -14,7 +15,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import ROOT, SHARED_S3, Database, unique
+from conftest import ROOT, SHARED_S3, Database, unique, wait_until
 
 import backfill
 import db
@@ -253,11 +254,11 @@ def test_which_keys_are_exports(key: str, expected: bool) -> None:
 # ------------------------------------------------------------------ the real exports
 
 
-def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, bucket: str, database: Database,
+def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, real_bucket: str, database: Database,
                                            tmp_path: Path) -> None:
     reject_log = tmp_path / "erroneous_data.log"
 
-    first = load(moto_s3, bucket, database, reject_log)
+    first = load(moto_s3, real_bucket, database, reject_log)
 
     assert {key: (s.rows, s.stored, s.rejected[Reason.OUTSIDE_HOURS]) for key, s in first.items()
             } == REAL_FILES
@@ -265,21 +266,21 @@ def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, bucket: str, databa
                for s in first.values())
     assert stored_ratings(database) == REAL_RATINGS
     assert stored_requests(database) == REAL_REQUESTS
-    source = f"s3://{bucket}/lmnh_hist_data_0.csv"
+    source = f"s3://{real_bucket}/lmnh_hist_data_0.csv"
     assert database.query(  # line 2 of file 0: "2023-03-06 15:09:21,4,0," (GMT that day)
         "SELECT exhibition_id, rating_value, event_at FROM rating_interaction"
         " WHERE source = %s AND source_partition = 0 AND source_offset = 2", (source,)
     ) == [(4, 0, datetime(2023, 3, 6, 15, 9, 21, tzinfo=UTC))]
     duplicates = database.query(
         "SELECT source_offset FROM rating_interaction WHERE source = %s ORDER BY 1",
-        (f"s3://{bucket}/lmnh_hist_data_3.csv",))
+        (f"s3://{real_bucket}/lmnh_hist_data_3.csv",))
     assert set(REAL_DUPLICATE_LINES) <= {offset for (offset,) in duplicates}
 
     rejects = reject_lines(reject_log)
     assert len(rejects) == 52
     for _logged_at, reason, location, _detail, value, length, sha256 in rejects:
         assert reason == "outside_hours"
-        key, line = location.removeprefix(f"s3://{bucket}/").split(":")
+        key, line = location.removeprefix(f"s3://{real_bucket}/").split(":")
         physical_line = (SHARED_S3 / key).read_text().splitlines()[int(line) - 1]
         assert json.loads(value) == physical_line
         assert (int(length), sha256) == (len(physical_line.encode()),
@@ -290,7 +291,7 @@ def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, bucket: str, databa
         "SELECT reason, count(*), count(DISTINCT (source, source_offset)) FROM rejected_message"
         " GROUP BY 1") == [("outside_hours", 52, 52)]
 
-    second = load(moto_s3, bucket, database, reject_log)
+    second = load(moto_s3, real_bucket, database, reject_log)
 
     assert [(s.rows, s.stored, s.already_present) for s in second.values()] == [
         (rows, 0, accepted) for rows, accepted, _ in REAL_FILES.values()]
@@ -300,9 +301,9 @@ def test_the_real_exports_load_exactly_once(moto_s3: MotoS3, bucket: str, databa
     assert database.scalar("SELECT sum(ratings) FROM rating_hourly") == sum(REAL_RATINGS.values())
 
 
-def test_the_command_on_the_real_bucket_then_again(moto_s3: MotoS3, bucket: str,
+def test_the_command_on_the_real_bucket_then_again(moto_s3: MotoS3, real_bucket: str,
                                                    database: Database, tmp_path: Path) -> None:
-    env = command_env(database, moto_s3, bucket, tmp_path / "erroneous_data.log")
+    env = command_env(database, moto_s3, real_bucket, tmp_path / "erroneous_data.log")
 
     first = run_command(env)
     second = run_command(env)
@@ -317,7 +318,7 @@ def test_the_command_on_the_real_bucket_then_again(moto_s3: MotoS3, bucket: str,
         "total (files=4 skipped=0): read=2137 stored=0 already_present=2085 rejected=52"
         " [outside_hours=52] in ")
     assert total_line(first.stdout).endswith(" rows/s)")
-    assert (f"s3://{bucket}/lmnh_hist_data_2.csv: read=534 stored=518 already_present=0"
+    assert (f"s3://{real_bucket}/lmnh_hist_data_2.csv: read=534 stored=518 already_present=0"
             " rejected=16 [outside_hours=16]") in first.stdout
     assert sum(stored_ratings(database).values()) + sum(stored_requests(database).values()) == 2085
     assert len(reject_lines(tmp_path / "erroneous_data.log")) == 2 * 52  # logged by each run
@@ -441,32 +442,47 @@ def generated_export(rows: int) -> tuple[str, Expected]:
     return "".join(lines), Expected(ratings, requests, outside, invalid)
 
 
-def test_a_rerun_after_a_killed_run_stores_each_line_once(
+def test_a_rerun_after_a_kill_9_mid_file_stores_each_line_once(
         moto_s3: MotoS3, database: Database, tmp_path: Path) -> None:
-    """BACKFILL_ROWS=1000000 makes this the throughput measurement (run pytest with -s)."""
-    rows = int(os.environ.get("BACKFILL_ROWS", "12000"))
+    """`kill -9` once some batches are committed, then the same command again: every line
+    stored once. BACKFILL_ROWS=1000000 makes the rerun a throughput measurement (pytest -s)."""
+    rows = int(os.environ.get("BACKFILL_ROWS", "20000"))
     export, expected = generated_export(rows)
-    key = "lmnh_hist_data_generated.csv"
-    # The state a run leaves when killed after committing its first batch (lines 2..5001): the
-    # same key, cut short. Then the whole file, as the rerun finds it.
-    bucket = new_bucket(moto_s3, {key: "".join(export.splitlines(keepends=True)[:5001])})
-    env = command_env(database, moto_s3, bucket, tmp_path / "rejects.log")
-    killed = run_command(env)
-    assert killed.returncode == 0, killed.stdout + killed.stderr
-    already = sum(stored_ratings(database).values()) + sum(stored_requests(database).values())
+    accepted = sum(expected.ratings.values()) + sum(expected.requests.values())
+    rejected = expected.outside_hours + expected.invalid_val
+    bucket = new_bucket(moto_s3, {"lmnh_hist_data_generated.csv": export})
+    env = command_env(database, moto_s3, bucket, tmp_path / "rejects.log", BATCH_SIZE="500")
 
-    moto_s3.client().put_object(Bucket=bucket, Key=key, Body=export)
+    def stored_rows() -> int:
+        return int(database.scalar("SELECT (SELECT count(*) FROM rating_interaction)"
+                                   " + (SELECT count(*) FROM request_interaction)"))
+
+    killed = subprocess.Popen([sys.executable, str(ROOT / "backfill.py")], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: stored_rows() >= 1000 or killed.poll() is not None, 120,
+                   "the first batches committed", interval=0.002)
+    finally:
+        killed.kill()
+        killed.wait()
+    already = stored_rows()
+    assert 1000 <= already < accepted, f"killed too late ({already} of {accepted} rows)"
+
     resumed = run_command(env)
 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    accepted = sum(expected.ratings.values()) + sum(expected.requests.values())
     assert total_line(resumed.stdout).startswith(
         f"total (files=1 skipped=0): read={rows} stored={accepted - already}"
-        f" already_present={already} rejected={expected.outside_hours + expected.invalid_val}"
+        f" already_present={already} rejected={rejected}"
         f" [invalid_val={expected.invalid_val} outside_hours={expected.outside_hours}] in ")
     assert stored_ratings(database) == expected.ratings
     assert stored_requests(database) == expected.requests
-    print(f"\n{rows} generated rows: {total_line(resumed.stdout)}")
+    assert stored_rows() == accepted
+    assert database.query("SELECT count(*), count(DISTINCT source_offset) FROM rejected_message"
+                          ) == [(rejected, rejected)]
+    assert database.scalar("SELECT sum(ratings) FROM rating_hourly") == sum(
+        expected.ratings.values())
+    print(f"\n{rows} generated rows, rerun after kill -9: {total_line(resumed.stdout)}")
 
 
 # ------------------------------------------------------------------ failures
@@ -496,3 +512,28 @@ def test_a_missing_bucket_exits_1_with_one_line(moto_s3: MotoS3, database: Datab
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "cannot load exhibitions from s3://no-such-bucket-here" in errors[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_exit_codes_0_1_2_and_130(moto_s3: MotoS3, database: Database,
+                                      tmp_path: Path) -> None:
+    """0 done, 1 a service failed (both tested above), 2 a bad setting, 130 interrupted."""
+    export, _ = generated_export(20000)
+    bucket = new_bucket(moto_s3, {"lmnh_hist_data_generated.csv": export})
+    env = command_env(database, moto_s3, bucket, tmp_path / "rejects.log", BATCH_SIZE="500")
+
+    bad = run_command(env | {"BATCH_SIZE": "0"})
+    assert bad.returncode == 2 and "BATCH_SIZE" in bad.stdout + bad.stderr
+    assert database.scalar("SELECT count(*) FROM rating_interaction") == 0
+
+    interrupted = subprocess.Popen([sys.executable, str(ROOT / "backfill.py")], cwd=ROOT,
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+    try:
+        wait_until(lambda: database.scalar("SELECT count(*) FROM rating_interaction") > 0
+                   or interrupted.poll() is not None, 120, "the first batch", interval=0.002)
+        interrupted.send_signal(signal.SIGINT)
+        output, _ = interrupted.communicate(timeout=60)
+    finally:
+        interrupted.kill()
+    assert interrupted.returncode == 130, output
+    assert "interrupted; run again to finish" in output and "Traceback" not in output

@@ -32,10 +32,10 @@ def s3_client(moto_s3: MotoS3):
                          region_name="eu-west-2").client("s3", endpoint_url=moto_s3.endpoint)
 
 
-def test_exactly_the_six_real_exhibitions_come_back(moto_s3: MotoS3, bucket: str,
+def test_exactly_the_six_real_exhibitions_come_back(moto_s3: MotoS3, real_bucket: str,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        exhibitions = load_exhibitions(s3_client(moto_s3), bucket)
+        exhibitions = load_exhibitions(s3_client(moto_s3), real_bucket)
     assert sorted(exhibitions) == [0, 1, 2, 3, 4, 5]
     assert {e.public_id for e in exhibitions.values()} == {f"EXH_0{n}" for n in range(6)}
     assert exhibitions[0] == Exhibition(
@@ -47,6 +47,7 @@ def test_exactly_the_six_real_exhibitions_come_back(moto_s3: MotoS3, bucket: str
     assert warnings == []  # the decoys are not even read, so nothing to warn about
 
 
+@pytest.mark.slow
 def test_decoys_and_malformed_files_are_ignored_and_all_pages_listed(
         moto_s3: MotoS3, bucket: str, caplog: pytest.LogCaptureFixture) -> None:
     client = s3_client(moto_s3)

@@ -224,3 +224,25 @@ def test_cli_produces_to_kafka(
     assert "400 delivered, 0 failed" in capsys.readouterr().err
     assert sum(map(len, consume_all(mock_bootstrap, "kiosk-cli", 400).values())) == 400
 
+
+
+def test_the_record_says_where_each_press_went_and_what_it_was_made_to_be(
+    mock_bootstrap: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SECURITY_PROTOCOL", "PLAINTEXT")
+    record = tmp_path / "sent.jsonl"
+    start = "2026-02-24T09:00:00+00:00"
+    argv = ["--count", "300", "--seed", "5", "--start", start, "--bootstrap-servers",
+            mock_bootstrap, "--topic", "kiosk-record", "--record", str(record)]
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    received = consume_all(mock_bootstrap, "kiosk-record", 300)
+    assert sorted((r["partition"], r["offset"]) for r in lines) == sorted(
+        (partition, offset) for partition, values in received.items()
+        for offset in range(len(values)))
+    for r in lines:
+        assert received[r["partition"]][r["offset"]] == r["value"].encode()
+    config = SimConfig(start=datetime.fromisoformat(start), count=300, seed=5)
+    made = {press.value.decode(): press.kind.value for press in generate(config)}
+    assert Counter(r["kind"] for r in lines) == Counter(made.values())
+    assert all(made[r["value"]] == r["kind"] for r in lines)

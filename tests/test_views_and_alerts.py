@@ -223,7 +223,7 @@ def test_one_sns_alert_per_emergency_press_even_after_a_replay(
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         bodies += [json.loads(m["Body"]) for m in got.get("Messages", [])]
     assert sorted(b["Subject"] for b in bodies) == [
-        "EMERGENCY at EXH_01 Adaptation", "EMERGENCY at EXH_03 Cetacean Sensations"]
+        "EMERGENCY at EXH_01 Six Legs, One Planet", "EMERGENCY at EXH_03 Deep Blue"]
     whales = next(b for b in bodies if "EXH_03" in b["Subject"])
     assert "floor 1" in whales["Message"] and "14:32:05 on 15/07/2026" in whales["Message"]
     assert first.text().count("alert sent") == 2 and "alert sent" not in replay.text()
