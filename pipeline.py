@@ -619,7 +619,6 @@ class Pipeline:
             self.conn.close()
         log.info("stopped cleanly")
 
-
     def _close_consumer(self) -> None:
         """The last commit, then the close: librdkafka waits in it for the commit's answer."""
         self._commit_pending()
