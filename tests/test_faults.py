@@ -10,8 +10,10 @@ import signal
 import socket
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from datetime import time as time_of_day
 from pathlib import Path
 
+import psycopg2
 import pytest
 from confluent_kafka import KafkaError, Producer
 from conftest import Broker, Database, PgServer, make_database, unique, wait_until
@@ -24,6 +26,7 @@ from test_pipeline import (
     simulated_presses,
 )
 
+import db
 import pipeline
 from embedded import MockKafka, MotoS3, free_port
 from settings import PipelineSettings, read_settings
@@ -492,6 +495,13 @@ def test_closing_time_and_max_future_seconds_reach_the_rules(
         (press(now + timedelta(minutes=20)), None),  # default 5 minutes: future_at
         (press(now + timedelta(minutes=100)), "future_at"),
     ]
+    # The database counts in the museum's clock too: the settings go there first, as an
+    # operator's `python migrate.py` would write them (the pipeline refuses a mismatch).
+    conn = psycopg2.connect(database.url)
+    try:
+        db.migrate(conn, db.MuseumClock(zone, time_of_day(8, 0), time_of_day(16, 0)))
+    finally:
+        conn.close()
     broker.produce(env["TOPIC"], [value for value, _ in cases])
     run = run_pipeline(env)
     wait_until(lambda: all_committed(broker, env), 60, "every press judged")
