@@ -91,6 +91,15 @@ class Emergency:
     at: datetime  # museum-local time
     exhibition: str  # "EXH_03 Cetacean Sensations"
     floor: str
+    alert_sent_at: datetime | None  # museum-local time SNS accepted the alert
+    alert_pending: bool  # recorded, not yet accepted by SNS
+
+    def alert(self) -> str:
+        """The alert column: when it went out, "pending", or a dash where none was recorded
+        (no SNS topic configured, or a press stored before the alert outbox existed)."""
+        if self.alert_sent_at is not None:
+            return self.alert_sent_at.strftime("%H:%M:%S")
+        return "pending" if self.alert_pending else "\u2014"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,16 +136,21 @@ class FloorRequests:
 
 
 def read_emergencies(conn: Connection, day: date) -> list[Emergency]:
-    """The emergency requests of museum-local `day`, newest first."""
-    midnight = datetime.combine(day, time(), museum_zone())
+    """The emergency requests of museum-local `day`, newest first, with their alerts' state."""
+    zone = museum_zone()
+    midnight = datetime.combine(day, time(), zone)
     with conn.cursor() as cur:
         cur.execute("""
-            SELECT event_at_local, exhibition_id || ' ' || exhibition_name, floor
+            SELECT event_at_local, exhibition_id || ' ' || exhibition_name, floor,
+                   alert_sent_at, alert_pending
             FROM v_request
             WHERE is_emergency AND event_at_utc >= %s AND event_at_utc < %s
             ORDER BY event_at_utc DESC, exhibition_id""",
                     (midnight, midnight + timedelta(days=1)))
-        return [Emergency(*row) for row in cur.fetchall()]
+        return [Emergency(at, exhibition, floor,
+                          None if sent is None else sent.astimezone(zone).replace(tzinfo=None),
+                          pending)
+                for at, exhibition, floor, sent, pending in cur.fetchall()]
 
 
 def read_ratings(conn: Connection, today: date) -> list[ExhibitionRatings]:
@@ -427,14 +441,14 @@ def table(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
 def emergencies_panel(emergencies: list[Emergency]) -> html.Div:
     if not emergencies:
         return html.Div(html.H2("No emergencies today", style={"margin": "4px 0"}), style=CALM)
-    rows = [(e.at.strftime("%H:%M:%S"), e.exhibition, e.floor)
+    rows = [(e.at.strftime("%H:%M:%S"), e.exhibition, e.floor, e.alert())
             for e in emergencies[:SHOWN_EMERGENCIES]]
     title = f"{len(emergencies)} emergenc{'y' if len(emergencies) == 1 else 'ies'} today"
     if len(rows) < len(emergencies):
         title += f" (the latest {len(rows)} shown)"
     return html.Div([
         html.H2(f"{title}, newest first", style={"margin": "4px 0"}),
-        table("emergencies", ("Time", "Exhibition", "Floor"), rows, numeric_from=3,
+        table("emergencies", ("Time", "Exhibition", "Floor", "Alert sent"), rows, numeric_from=3,
               style=TABLE | {"fontSize": "1.3em"}),
     ], style=ALARM)
 

@@ -61,6 +61,9 @@ REQUESTS = [
     (3, ASSISTANCE, 7, "10:05"), (4, ASSISTANCE, 7, "10:50"), (3, EMERGENCY, 7, "11:30"),
     (1, ASSISTANCE, 14, "10:20"), (1, ASSISTANCE, 14, "09:10"), (4, EMERGENCY, 12, "14:00"),
 ]
+# The alert outbox of today's two emergencies, by offset in REQUESTS: the latest still pending,
+# the earlier sent by SNS three seconds after the press; the older emergencies have no outbox row.
+ALERTS = {0: None, 4: "11:05:03"}
 REJECTS = [("invalid_val", 0, "10:00")] * 3 + [("unknown_site", 0, "11:00")] * 2 + [
     ("missing_key", 1, "10:00")] * 4
 PASSWORD = "correct horse battery staple"
@@ -94,20 +97,53 @@ def stored(database: Database) -> tuple[Database, date]:
         [db.Rejected(reason, local(day - timedelta(days=ago), at), "test", 0, n)
          for n, (reason, ago, at) in enumerate(REJECTS)])
     conn.close()
+    record_alerts(database, day)
     return database, day
+
+
+def record_alerts(database: Database, day: date) -> None:
+    """ALERTS as the pipeline records them: a pending outbox row per emergency, then sent_at set
+    once SNS has accepted the message."""
+    for offset, sent in ALERTS.items():
+        site, value, ago, at = REQUESTS[offset]
+        assert value == EMERGENCY and ago == 0
+        database.execute("""
+            INSERT INTO emergency_alert (source, source_partition, source_offset, pressed_at,
+                                         subject, message)
+            VALUES ('test', 0, %s, %s, %s, 'Emergency press.')""",
+                         (offset, local(day, at), f"Emergency at EXH_{site:02}"))
+        if sent is not None:
+            database.execute("""
+                UPDATE emergency_alert SET sent_at = %s
+                WHERE (source, source_partition, source_offset) = ('test', 0, %s)""",
+                             (local(day, sent), offset))
 
 
 # What the panels must show, by SQL on the tables (not the views the dashboard reads).
 LOCAL_DATE = "(event_at AT TIME ZONE 'Europe/London')::date"
 
 
-def sql_emergencies(database: Database, day: date) -> list[tuple[str, str, str]]:
+def sql_emergencies(database: Database, day: date) -> list[tuple[str, str, str, str]]:
+    """(time, exhibition, floor, alert): the alert's museum-local send time, "pending" for an
+    outbox row SNS has not accepted yet, a dash for an emergency without one."""
     return database.query(f"""
         SELECT to_char(event_at AT TIME ZONE 'Europe/London', 'HH24:MI:SS'),
-               public_id || ' ' || exhibition_name, floor_name
-        FROM request_interaction JOIN exhibition USING (exhibition_id) JOIN floor USING (floor_id)
+               public_id || ' ' || exhibition_name, floor_name,
+               CASE WHEN a.sent_at IS NOT NULL
+                        THEN to_char(a.sent_at AT TIME ZONE 'Europe/London', 'HH24:MI:SS')
+                    WHEN a.source IS NOT NULL THEN 'pending'
+                    ELSE '\u2014' END
+        FROM request_interaction i JOIN exhibition USING (exhibition_id)
+        JOIN floor USING (floor_id)
+        LEFT JOIN emergency_alert a ON (a.source, a.source_partition, a.source_offset)
+                                     = (i.source, i.source_partition, i.source_offset)
         WHERE request_value = 1 AND {LOCAL_DATE} = %s
         ORDER BY event_at DESC""", (day,))
+
+
+def shown_alerts(data_day: date, shown_day: date) -> list[str]:
+    """The alert column the banner must show, newest first, from ALERTS (not from SQL)."""
+    return ["pending", "11:05:03"] if shown_day == data_day else []
 
 
 def sql_mean_ratings(database: Database, first_day: date, last_day: date,
@@ -188,9 +224,13 @@ def test_the_queries_return_what_sql_on_the_tables_says(stored: tuple[Database, 
     finally:
         conn.close()
 
-    assert [(f"{e.at:%H:%M:%S}", e.exhibition, e.floor) for e in emergencies] == \
+    assert [(f"{e.at:%H:%M:%S}", e.exhibition, e.floor, e.alert()) for e in emergencies] == \
         sql_emergencies(database, today)
     assert emergencies[0].exhibition == "EXH_04 Our Polluted World" and len(emergencies) == 2
+    latest, earlier = emergencies
+    assert (latest.alert_sent_at, latest.alert_pending) == (None, True)
+    assert earlier.alert_sent_at == datetime.combine(today, time(11, 5, 3))  # museum-local
+    assert not earlier.alert_pending
 
     for period, first_day in zip(dashboard.PERIODS,
                                  (today, today - timedelta(days=6), date.min), strict=True):
@@ -306,8 +346,9 @@ def test_no_emergency_today_is_a_calm_green_line() -> None:
 
 def test_the_banner_lists_the_latest_ten_of_more_emergencies_in_red() -> None:
     start = datetime(2026, 3, 11, 9, 0, tzinfo=dashboard.museum_zone())
-    emergencies = [dashboard.Emergency(start - timedelta(minutes=n), f"EXH_{n:02} X", "1")
-                   for n in range(12)]  # newest first, as read_emergencies returns them
+    # newest first, as read_emergencies returns them
+    emergencies = [dashboard.Emergency(start - timedelta(minutes=n), f"EXH_{n:02} X", "1",
+                                       None, True) for n in range(12)]
     panel = dashboard.emergencies_panel(emergencies)
     assert panel.style == dashboard.ALARM and panel.style["background"] == "#b71c1c"
     assert text_of(panel.children[0]) == "12 emergencies today (the latest 10 shown), newest first"
@@ -316,6 +357,18 @@ def test_the_banner_lists_the_latest_ten_of_more_emergencies_in_red() -> None:
         [f"{e.at:%H:%M:%S}" for e in emergencies[:10]]
     one = dashboard.emergencies_panel(emergencies[:1])
     assert text_of(one.children[0]) == "1 emergency today, newest first"
+
+
+def test_the_banner_says_when_each_alert_went_out_or_that_it_is_pending() -> None:
+    pressed = datetime(2026, 3, 11, 9, 59, 58)  # museum-local, as read_emergencies gives it
+    sent = dashboard.Emergency(pressed, "EXH_03 X", "1", pressed + timedelta(seconds=4), False)
+    pending = dashboard.Emergency(pressed, "EXH_04 Y", "3", None, True)
+    unrecorded = dashboard.Emergency(pressed, "EXH_01 Z", "Vault", None, False)
+    panel = dashboard.emergencies_panel([sent, pending, unrecorded])
+    header, body = panel.children[1].children
+    assert [text_of(cell) for cell in header.children.children][-1] == "Alert sent"
+    assert [text_of(row.children[-1]) for row in body.children] == \
+        ["10:00:02", "pending", "\u2014"]
 
 
 def ratings(mean_week: float, mean_ever: float) -> dashboard.ExhibitionRatings:
@@ -611,6 +664,7 @@ def test_each_role_sees_its_part_through_gunicorn(stored: tuple[Database, date],
         day = shown_day(guard)
         guard.wait_for_selector("#emergencies-panel h2")
         assert rows(guard, "#emergencies") == [list(r) for r in sql_emergencies(database, day)]
+        assert [row[3] for row in rows(guard, "#emergencies")] == shown_alerts(data_day, day)
         guard.wait_for_function("document.querySelector('#weekly-requests .js-plotly-plot')"
                                 "?.data?.length > 0", timeout=60_000)
         for hidden in ("#ratings-panel", "#weekly-ratings", "#rejects-panel", "#ratings"):
