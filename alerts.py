@@ -30,6 +30,7 @@ from s3_metadata import Exhibition
 log = logging.getLogger("alerts")
 
 SUBJECT_LIMIT = 99  # SNS: "less than 100 characters"
+TIME_WORDS = len(", 14:32:05 15/07/2026")  # what the subject gives the press's time and date
 NAME_LIMIT = 200  # of an exhibition's name in the message: metadata may hold anything
 PENDING_ERROR_S = 60.0  # an alert pending this long is logged as an error, once a minute
 BACKOFF_S = (0.5, 30.0)  # first and longest wait between attempts
@@ -62,10 +63,10 @@ def emergency_alert(press: Interaction, exhibition: Exhibition | None,
                     museum_tz: tzinfo) -> Alert:
     """The words the Head of Security reads: where, which floor, when in museum time."""
     local = press.event_at.astimezone(museum_tz)
-    where, floor, subject = _words(exhibition, press.exhibition_id)
+    where, floor, heading = _words(exhibition, press.exhibition_id)
     return Alert(
         press.source, press.source_partition, press.source_offset, press.event_at,
-        subject=subject,
+        subject=f"{heading}, {local:%H:%M:%S} {local:%d/%m/%Y}",
         message=(f"Emergency button pressed at {where}, {floor}, at {local:%H:%M:%S} on "
                  f"{local:%d/%m/%Y} museum time."),
     )
@@ -73,13 +74,15 @@ def emergency_alert(press: Interaction, exhibition: Exhibition | None,
 
 @functools.lru_cache(maxsize=256)
 def _words(exhibition: Exhibition | None, site: int) -> tuple[str, str, str]:
-    """Where, which floor, and the subject: the same for every press at an exhibition."""
+    """Where, which floor, and the subject's heading (all but the press's time, whose
+    ", HH:MM:SS DD/MM/YYYY" the heading leaves room for): the same for every press at an
+    exhibition."""
     if exhibition is None:
         where, floor = f"site {site}", "unknown floor"
     else:
         where = f"{exhibition.public_id} {one_line(exhibition.name, NAME_LIMIT)}"
         floor = f"floor {one_line(exhibition.floor, NAME_LIMIT)}"
-    return where, floor, one_line(f"EMERGENCY at {where}", SUBJECT_LIMIT)
+    return where, floor, one_line(f"EMERGENCY at {where}, {floor}", SUBJECT_LIMIT - TIME_WORDS)
 
 
 class AlertSender:

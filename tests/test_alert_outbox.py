@@ -199,7 +199,8 @@ def test_an_alert_names_the_exhibition_its_floor_and_the_museum_time_and_date() 
     press = db.Interaction(3, 1, datetime(2026, 1, 5, 9, 7, 3, tzinfo=UTC), "lmnh", 2, 41)
     alert = emergency_alert(press, WHALES, ZoneInfo("Europe/London"))
     for words in (alert.subject, alert.message):
-        assert "EXH_03" in words and "Cetacean Sensations" in words
+        assert "EXH_03" in words and "Cetacean Sensations" in words and "floor 1" in words
+    assert alert.subject.endswith(", 09:07:03 05/01/2026")
     assert "floor 1" in alert.message and "09:07:03 on 05/01/2026" in alert.message
     assert alert.key == ("lmnh", 2, 41)
 
@@ -213,6 +214,7 @@ def test_the_subject_is_one_short_line_whatever_the_metadata_holds(name: str, fl
     assert 0 < len(alert.subject) < 100
     assert alert.subject.isprintable() and alert.subject == alert.subject.strip()
     assert alert.subject.startswith("EMERGENCY at EXH_07")
+    assert alert.subject.endswith(", 14:00:00 15/07/2026")  # the time survives any name
     assert "14:00:00 on 15/07/2026" in alert.message
 
 

@@ -183,7 +183,7 @@ def test_an_alert_names_the_exhibition_floor_and_museum_time() -> None:
 
     alert = emergency_alert(press(3, 1, "2026-07-15T13:32:05+00:00", 1), EXHIBITION,
                             ZoneInfo("Europe/London"))
-    assert alert.subject == "EMERGENCY at EXH_03 Cetacean Sensations"
+    assert alert.subject == "EMERGENCY at EXH_03 Cetacean Sensations, floor 1, 14:32:05 15/07/2026"
     assert "floor 1" in alert.message and "14:32:05 on 15/07/2026" in alert.message
 
 
@@ -223,7 +223,8 @@ def test_one_sns_alert_per_emergency_press_even_after_a_replay(
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         bodies += [json.loads(m["Body"]) for m in got.get("Messages", [])]
     assert sorted(b["Subject"] for b in bodies) == [
-        "EMERGENCY at EXH_01 Six Legs, One Planet", "EMERGENCY at EXH_03 Deep Blue"]
+        "EMERGENCY at EXH_01 Six Legs, One Planet, floor Vault, 16:10:00 15/07/2026",
+        "EMERGENCY at EXH_03 Deep Blue, floor 1, 14:32:05 15/07/2026"]
     whales = next(b for b in bodies if "EXH_03" in b["Subject"])
     assert "floor 1" in whales["Message"] and "14:32:05 on 15/07/2026" in whales["Message"]
     assert first.text().count("alert sent") == 2 and "alert sent" not in replay.text()
