@@ -17,10 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 CONSUMED = Counter("lmnh_messages_consumed", "Messages consumed from the topic")
 ACCEPTED = Counter("lmnh_messages_accepted", "Messages accepted, by kind", ["kind"])
@@ -93,6 +94,38 @@ def _app(health: Health) -> Callable[..., Iterable[bytes]]:
         return [b"/metrics, /healthz or /readyz\n"]
 
     return app
+
+
+class AlertCounts(Protocol):
+    """What the alert sender counts (alerts.AlertSender)."""
+
+    @property
+    def sent(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+
+
+class _AlertCollector:
+    """The sender's own counts, read at each scrape: it keeps them for the stats line too."""
+
+    def __init__(self, counts: AlertCounts) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        yield CounterMetricFamily("lmnh_alerts_sent", "Emergency alerts SNS accepted",
+                                  value=self.counts.sent)
+        yield GaugeMetricFamily("lmnh_alerts_pending", "Emergency alerts not yet accepted by SNS",
+                                value=self.counts.pending)
+        yield CounterMetricFamily("lmnh_alerts_failed", "Attempts to publish an alert that failed"
+                                  " (each is retried)", value=self.counts.failed)
+
+
+def watch_alerts(counts: AlertCounts) -> None:
+    """Expose the alert counts as lmnh_alerts_sent_total, lmnh_alerts_pending and
+    lmnh_alerts_failed_total (once per process)."""
+    REGISTRY.register(_AlertCollector(counts))
 
 
 def serve(address: str, port: int, health: Health) -> WSGIServer:

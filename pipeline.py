@@ -740,6 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except db.SchemaMismatch as error:
         log.error("refusing to start: %s", error)
         return EXIT_SCHEMA
+    metrics.watch_alerts(pipeline.alerts)
     log.info("database %s:%s/%s, topic %s, group %s, reject log %s", settings.DATABASE_IP,
              settings.DATABASE_PORT, settings.DATABASE_NAME, settings.TOPIC, settings.GROUP,
              settings.REJECT_LOG)

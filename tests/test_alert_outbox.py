@@ -253,3 +253,32 @@ def test_an_alert_pending_over_a_minute_is_an_error_once_a_minute_and_counted(
     errors = [r.created for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and all(b - a >= 0.9 for a, b in pairwise(errors))
     assert len(security.receive()) == 1
+
+
+def test_the_metrics_count_alerts_sent_pending_and_failed_as_sns_saw_them(
+        broker: Broker, database: Database, pipeline_env: dict[str, str], run_pipeline,
+        security: Security) -> None:
+    from test_operations import scrape, value, with_metrics
+
+    presses = [emergency(n % 6, n) for n in range(4)] + [rating(2, n) for n in range(5)]
+    away, port = with_metrics(pipeline_env | {
+        "ALERT_SNS_TOPIC_ARN": security.topic_arn,
+        "AWS_ENDPOINT_URL_SNS": f"http://127.0.0.1:{free_port()}"})  # nothing listens there
+    broker.produce(away["TOPIC"], presses)
+    first = run_pipeline(away, "sns-away")
+    wait_until(lambda: all_committed(broker, away), 60, "every press stored")
+    wait_until(lambda: value(scrape(port), "lmnh_alerts_failed_total") >= 4, 60,
+               "failed attempts counted")
+    stuck = scrape(port)
+    assert value(stuck, "lmnh_alerts_pending") == 4
+    assert value(stuck, "lmnh_alerts_sent_total") == 0
+    assert first.stop(signal.SIGTERM) == 0
+
+    back, port = with_metrics(pipeline_env | {"ALERT_SNS_TOPIC_ARN": security.topic_arn})
+    second = run_pipeline(back, "sns-back")
+    wait_until(lambda: len(security.receive()) >= 4, 60, "the four alerts")
+    wait_until(lambda: value(scrape(port), "lmnh_alerts_pending") == 0, 30, "none pending")
+    sent = scrape(port)
+    assert value(sent, "lmnh_alerts_sent_total") == len(security.received) == 4
+    assert value(sent, "lmnh_alerts_failed_total") == 0
+    assert second.stop(signal.SIGTERM) == 0
