@@ -56,12 +56,12 @@ def test_a_file_broken_on_a_refresh_keeps_its_exhibition_as_last_loaded(
         moto_s3: MotoS3, bucket: str, caplog: pytest.LogCaptureFixture) -> None:
     client = s3(moto_s3)
     loaded = load_exhibitions(client, bucket)
-    client.put_object(Bucket=bucket, Key="lmnh_exhibition_whales.json", Body=b'{"EXHIBITION')
+    client.put_object(Bucket=bucket, Key="lmnh_exhibition_seas.json", Body=b'{"EXHIBITION')
     with caplog.at_level(logging.WARNING, logger="s3_metadata"):
         refreshed = load_exhibitions(client, bucket, loaded)
     assert refreshed == loaded
-    assert "lmnh_exhibition_whales.json" in caplog.text and "keeping EXH_03" in caplog.text
-    client.delete_object(Bucket=bucket, Key="lmnh_exhibition_whales.json")  # removed: gone
+    assert "lmnh_exhibition_seas.json" in caplog.text and "keeping EXH_03" in caplog.text
+    client.delete_object(Bucket=bucket, Key="lmnh_exhibition_seas.json")  # removed: gone
     assert sorted(load_exhibitions(client, bucket, loaded)) == [0, 1, 2, 4, 5]
 
 
@@ -147,16 +147,17 @@ def test_no_metadata_file_stops_the_daemon_and_stored_rows_keep_their_exhibition
         "lmnh_exhibition_nul.json": json.dumps(GOOD | {"EXHIBITION_ID": "EXH_08",
                                                        "DESCRIPTION": "a\x00b"}),
         "lmnh_exhibition_garbage.json": b"\xff\xfe{",
-        "lmnh_exhibition_whales.json": b"[]",  # EXH_03's own file, broken
+        "lmnh_exhibition_seas.json": b"[]",  # EXH_03's own file, broken
         "lmnh_exhibition_cats.json": json.dumps(GOOD | {"EXHIBITION_ID": "EXH_01",
                                                         "EXHIBITION_NAME": "Sabre Teeth"}),
     }
-    client.delete_object(Bucket=bucket, Key="lmnh_exhibition_bugs.json")  # EXH_01's old file
+    client.delete_object(Bucket=bucket, Key="lmnh_exhibition_beetles.json")  # EXH_01's old file
     for key, body in hostile.items():
         client.put_object(Bucket=bucket, Key=key, Body=body)
     client.put_object(Bucket=bucket, Key="lmnh_exhibition_mammoth.json", Body=json.dumps(GOOD))
     wait_until(lambda: "added EXH_06" in run.text(), 30, "the refresh with the good new file")
-    wait_until(lambda: "'Sabre Teeth'" in run.text() and "'Adaptation'" in run.text(), 30,
+    wait_until(lambda: "'Sabre Teeth'" in run.text() and "'Six Legs, One Planet'" in run.text(),
+               30,
                "the reused number's warning")
     time.sleep(3)  # a few more refreshes over the same files
     assert run.process is not None and run.process.poll() is None, run.text()[-3000:]
@@ -169,7 +170,7 @@ def test_no_metadata_file_stops_the_daemon_and_stored_rows_keep_their_exhibition
         assert key in output
     assert "keeping EXH_03 as last loaded" in output
     assert database.scalar("SELECT exhibition_name FROM exhibition WHERE exhibition_id = 1") \
-        == "Adaptation"  # stored rows keep their exhibition
+        == "Six Legs, One Planet"  # stored rows keep their exhibition
     assert database.query("SELECT exhibition_name FROM v_rating ORDER BY event_at_utc LIMIT 1") \
-        == [("Cetacean Sensations",)]
+        == [("Deep Blue",)]
     assert "Traceback" not in output
