@@ -9,6 +9,7 @@ EXH_00..EXH_05 in the museum's format.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -133,8 +134,10 @@ class Services:
         self.mock = None if external else MockKafka()  # the mock cluster lives as long as this
         self.bootstrap = external or self.mock.bootstrap
         client = s3.client()
-        client.create_bucket(Bucket=BUCKET,
-                             CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+        # One S3 server serves every database's run: the bucket may be there already.
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=BUCKET,
+                                 CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
         for key, body in exhibition_files().items():
             client.put_object(Bucket=BUCKET, Key=key, Body=body)
 
