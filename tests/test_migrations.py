@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 from conftest import ROOT, Broker, Database, PgServer, PipelineRun, unique, wait_until
 from test_backfill import new_bucket
-from test_pipeline import row_count
+from test_pipeline import row_count, simulated_presses
 
 import db
 from embedded import MotoS3, free_port
@@ -156,8 +156,8 @@ def test_a_release_1_database_is_upgraded_keeping_every_row(pg_server: PgServer)
 
 
 def test_the_pipeline_runs_on_an_upgraded_database(
-        pg_server: PgServer, broker: Broker, pipeline_env: dict[str, str], run_pipeline,
-        capture_lines: list[bytes]) -> None:
+        pg_server: PgServer, broker: Broker, pipeline_env: dict[str, str],
+        run_pipeline) -> None:
     old = release_1_database(pg_server)
     refused: PipelineRun = run_pipeline(pipeline_env | old.env(), "before")
     assert refused.wait(timeout=60) == 3  # the unit's RestartPreventExitStatus
@@ -168,7 +168,7 @@ def test_the_pipeline_runs_on_an_upgraded_database(
 
     assert migrate(old).returncode == 0
     stored = row_count(old)
-    broker.produce(pipeline_env["TOPIC"], capture_lines[:500])
+    broker.produce(pipeline_env["TOPIC"], [press.value for press in simulated_presses(500)])
     run = run_pipeline(pipeline_env | old.env(), "after")
     wait_until(lambda: row_count(old) > stored, 60, "new rows on the upgraded database")
     assert run.stop() == 0

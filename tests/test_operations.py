@@ -14,13 +14,12 @@ import pytest
 from conftest import Broker, Database, PgServer, PipelineRun, make_database, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from test_pipeline import (
-    RATINGS_TOTAL,
-    REJECTS_TOTAL,
-    REQUESTS_TOTAL,
     all_committed,
-    assert_exact,
+    assert_tables_hold,
+    intended_rows,
     reject_lines,
     row_count,
+    simulated_presses,
 )
 
 from embedded import MockKafka, free_port
@@ -57,13 +56,16 @@ def with_metrics(env: dict[str, str]) -> tuple[dict[str, str], int]:
 
 
 def test_metrics_during_and_after_a_run_equal_the_tables_and_the_reject_log(
-        broker: Broker, database: Database, pipeline_env: dict[str, str], run_pipeline,
-        capture_lines: list[bytes]) -> None:
+        broker: Broker, database: Database, pipeline_env: dict[str, str],
+        run_pipeline) -> None:
     env, port = with_metrics(pipeline_env | {"BATCH_SIZE": "100"})
-    broker.produce(env["TOPIC"], list(capture_lines))
+    presses = simulated_presses()
+    sent = [press.value for press in presses]
+    expected = intended_rows(presses, broker.partitions(env["TOPIC"]))
+    broker.produce(env["TOPIC"], sent)
     run: PipelineRun = run_pipeline(env)
     during = []
-    while row_count(database) < RATINGS_TOTAL + REQUESTS_TOTAL:
+    while row_count(database) < len(expected[0]) + len(expected[1]):
         assert run.process is not None and run.process.poll() is None, run.text()[-2000:]
         if get(port, "/healthz")[0] == 200:
             during.append(scrape(port))
@@ -77,32 +79,33 @@ def test_metrics_during_and_after_a_run_equal_the_tables_and_the_reject_log(
     assert get(port, "/healthz")[0] == 200 and get(port, "/readyz")[0] == 200
     assert get(port, "/nothing")[0] == 404
     assert run.stop() == 0
-    assert_exact(database, env, capture_lines, partitions)
+    assert_tables_hold(database, env, expected)
 
     # Scraped during the run: counters only grew, and never past the final figures.
     consumed = [value(s, "lmnh_messages_consumed_total") for s in during]
-    assert consumed and consumed == sorted(consumed) and consumed[-1] <= len(capture_lines)
+    assert consumed and consumed == sorted(consumed) and consumed[-1] <= len(sent)
     # After: each counter equals what the tables and the reject log hold.
-    assert value(after, "lmnh_messages_consumed_total") == len(capture_lines)
+    assert value(after, "lmnh_messages_consumed_total") == len(sent)
     ratings = database.scalar("SELECT count(*) FROM rating_interaction")
     emergencies = database.scalar("SELECT count(*) FROM request_interaction"
                                   " WHERE request_value = 1")
     assistance = database.scalar("SELECT count(*) FROM request_interaction"
                                  " WHERE request_value = 0")
-    assert value(after, "lmnh_messages_accepted_total", kind="rating") == ratings == RATINGS_TOTAL
+    assert value(after, "lmnh_messages_accepted_total", kind="rating") == ratings \
+        == len(expected[0])
     assert value(after, "lmnh_messages_accepted_total", kind="emergency") == emergencies
     assert value(after, "lmnh_messages_accepted_total", kind="assistance") == assistance
     assert value(after, "lmnh_rows_written_total", table="rating_interaction") == ratings
     assert value(after, "lmnh_rows_written_total", table="request_interaction") \
         == emergencies + assistance
     logged = Counter(line.split("\t")[1] for line in reject_lines(env))
-    assert sum(logged.values()) == REJECTS_TOTAL
+    assert sum(logged.values()) == len(expected[2])
     for reason, count in logged.items():
         assert value(after, "lmnh_messages_rejected_total", reason=reason) == count
     stored = dict(database.query("SELECT reason, count(*) FROM rejected_message GROUP BY 1"))
     assert stored == dict(logged)
     batches = value(after, "lmnh_batch_write_seconds_count")
-    assert batches >= len(capture_lines) / 100 / 2
+    assert batches >= len(sent) / 100 / 2
     assert value(after, "lmnh_batch_write_seconds_sum") > 0
     assert value(after, "lmnh_offset_commit_failures_total") == 0
     assert value(after, "lmnh_database_up") == 1 and value(after, "lmnh_kafka_up") == 1
@@ -172,8 +175,7 @@ def kafka_lines(text: str) -> list[str]:
 
 
 def test_sigterm_with_the_broker_gone_mid_commit_exits_within_10_s(
-        database: Database, pipeline_env: dict[str, str], run_pipeline,
-        capture_lines: list[bytes]) -> None:
+        database: Database, pipeline_env: dict[str, str], run_pipeline) -> None:
     """Batches of 10 are being written and their offsets committed when the broker vanishes;
     SIGTERM then ends the process within 10 s, and a restart stores every message once."""
     mock = MockKafka()
@@ -181,7 +183,9 @@ def test_sigterm_with_the_broker_gone_mid_commit_exits_within_10_s(
     env = pipeline_env | {"BOOTSTRAP_SERVERS": mock.bootstrap, "BATCH_SIZE": "10",
                           "KAFKA_SESSION_TIMEOUT_MS": "45000"}
     mock.create_topic(env["TOPIC"], 4)
-    broker.produce(env["TOPIC"], list(capture_lines))
+    presses = simulated_presses()
+    expected = intended_rows(presses, 4)
+    broker.produce(env["TOPIC"], [press.value for press in presses])
     run = run_pipeline(env)
     wait_until(lambda: row_count(database) >= 300, 60, "batches being committed", 0.005)
     mock.take_down()
@@ -189,33 +193,33 @@ def test_sigterm_with_the_broker_gone_mid_commit_exits_within_10_s(
     started = time.monotonic()
     assert run.wait(timeout=30) == 0
     assert time.monotonic() - started < 10
-    assert row_count(database) < RATINGS_TOTAL + REQUESTS_TOTAL, "stopped too late to tell"
+    assert row_count(database) < len(expected[0]) + len(expected[1]), "stopped too late to tell"
     assert "stopped cleanly" in run.text() and "Traceback" not in run.text()
 
     mock.bring_up()
     final = run_pipeline(env, "after")
     wait_until(lambda: all_committed(broker, env), 90, "every offset committed")
     assert final.stop() == 0
-    assert_exact(database, env, capture_lines, 4)
+    assert_tables_hold(database, env, expected)
 
 
 @pytest.mark.slow
 def test_a_60_second_broker_outage_logs_at_most_5_lines_about_kafka(
-        database: Database, pipeline_env: dict[str, str], run_pipeline,
-        capture_lines: list[bytes]) -> None:
+        database: Database, pipeline_env: dict[str, str], run_pipeline) -> None:
+    traffic = [press.value for press in simulated_presses(4000)]
     mock = MockKafka()
     broker = Broker(mock.bootstrap, mock)
     env = pipeline_env | {"BOOTSTRAP_SERVERS": mock.bootstrap, "BATCH_SIZE": "25",
                           "STATS_INTERVAL_S": "5"}
     mock.create_topic(env["TOPIC"], 4)
-    broker.produce(env["TOPIC"], list(capture_lines[:2000]))
+    broker.produce(env["TOPIC"], traffic[:2000])
     run = run_pipeline(env)
     wait_until(lambda: all_committed(broker, env), 60, "the first messages")
     before = run.text()
     mock.take_down()
     time.sleep(60)
     mock.bring_up()
-    broker.produce(env["TOPIC"], list(capture_lines[2000:4000]))
+    broker.produce(env["TOPIC"], traffic[2000:])
     wait_until(lambda: all_committed(broker, env), 90, "every offset committed after")
     wait_until(lambda: "kafka reachable again" in run.text(), 30, "the outage's end")
     assert run.stop() == 0
