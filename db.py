@@ -15,13 +15,11 @@ never makes a second row, and the tables' trigger counts exactly the new rows in
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import re
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,8 +28,15 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extras import execute_values
 
+from rows import (
+    CopyRows,
+    Interaction,
+    Origin,
+    Rejected,
+    interaction_rows,
+    rejected_rows,
+)
 from s3_metadata import Exhibition
-from validation import Rating, Request
 
 HERE = Path(__file__).resolve().parent
 SCHEMA_FILES = ("schema.sql", "schema_views.sql")  # a new database: the tables, then the rest
@@ -69,37 +74,10 @@ def effective_sslmode(host: str, sslmode: str | None) -> str:
     return "prefer" if is_local else "require"
 
 
-class Interaction(NamedTuple):
-    """One row for rating_interaction (value = rating) or request_interaction (value = request)."""
-
-    exhibition_id: int
-    value: int
-    event_at: datetime
-    source: str
-    source_partition: int
-    source_offset: int
-
-    @classmethod
-    def of(cls, press: Rating | Request, source: str, partition: int,
-           offset: int) -> Interaction:
-        """The row for an accepted press, recording where it came from."""
-        return cls(press.site, press.value, press.at, source, partition, offset)
-
-
 RATING_COLUMNS = ("exhibition_id", "rating_value", "event_at", "source", "source_partition",
                   "source_offset")
 REQUEST_COLUMNS = ("exhibition_id", "request_value", "event_at", "source", "source_partition",
                    "source_offset")
-
-
-class Rejected(NamedTuple):
-    """One row for rejected_message: why and when, and where the message came from."""
-
-    reason: str
-    rejected_at: datetime
-    source: str
-    source_partition: int
-    source_offset: int
 
 
 class OutboxAlert(NamedTuple):
@@ -406,58 +384,21 @@ def _upsert_exhibition(cur: psycopg2.extensions.cursor,
     return None
 
 
-# COPY's binary format: a header, then per row a field count and each field as its length and
-# its bytes, then a trailer. The server parses no text, and here a row is one struct.pack.
-COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
-COPY_TRAILER = b"\xff\xff"
-PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # timestamptz is microseconds since this
-MICROSECOND = timedelta(microseconds=1)
-
-
-@functools.lru_cache(maxsize=256)
-def _interaction_layout(source: str) -> tuple[struct.Struct, bytes]:
-    """exhibition_id int2, value int2, event_at timestamptz, source text, int4, int8."""
-    name = source.encode()
-    return struct.Struct(f">h ih ih iq i{len(name)}s ii iq"), name
-
-
-@functools.lru_cache(maxsize=256)
-def _rejected_layout(reason: str, source: str) -> tuple[struct.Struct, bytes, bytes]:
-    """reason text, rejected_at timestamptz, source text, partition int4, offset int8."""
-    code, name = reason.encode(), source.encode()
-    return struct.Struct(f">h i{len(code)}s iq i{len(name)}s ii iq"), code, name
-
-
-def _encode_interaction(row: Interaction) -> bytes:
-    layout, name = _interaction_layout(row.source)
-    return layout.pack(6, 2, row.exhibition_id, 2, row.value,
-                       8, (row.event_at - PG_EPOCH) // MICROSECOND, len(name), name,
-                       4, row.source_partition, 8, row.source_offset)
-
-
-def _encode_rejected(row: Rejected) -> bytes:
-    layout, code, name = _rejected_layout(row.reason, row.source)
-    return layout.pack(5, len(code), code, 8, (row.rejected_at - PG_EPOCH) // MICROSECOND,
-                       len(name), name, 4, row.source_partition, 8, row.source_offset)
-
-
 class Table(NamedTuple):
     name: str
     columns: tuple[str, ...]
-    encode: Callable[[Any], bytes]
 
-    def copy(self, cur: psycopg2.extensions.cursor, rows: Sequence[tuple],
+    def copy(self, cur: psycopg2.extensions.cursor, rows: CopyRows,
              staging: bool = False) -> None:
         """COPY `rows` into this table, or into its session's staging table."""
         name = f"staging_{self.name}" if staging else self.name
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
             sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, self.columns)))
-        payload = b"".join([COPY_HEADER, *map(self.encode, rows), COPY_TRAILER])
-        # One read of the whole payload: psycopg2 re-takes the GIL for every read, and each
-        # time can wait for the judging thread to let go of it.
+        payload = rows.payload()
+        # One read of the whole payload: psycopg2 re-takes the GIL for every read.
         cur.copy_expert(statement.as_string(cur), io.BytesIO(payload), size=len(payload))
 
-    def insert_new(self, cur: psycopg2.extensions.cursor, rows: Sequence[tuple]) -> list[tuple]:
+    def insert_new(self, cur: psycopg2.extensions.cursor, rows: CopyRows) -> list[tuple]:
         """Insert the rows not stored yet, through the staging table; return those rows."""
         self.copy(cur, rows, staging=True)
         columns = sql.SQL(", ").join(map(sql.Identifier, self.columns))
@@ -469,19 +410,21 @@ class Table(NamedTuple):
         return cur.fetchall()
 
 
-RATINGS = Table("rating_interaction", RATING_COLUMNS, _encode_interaction)
-REQUESTS = Table("request_interaction", REQUEST_COLUMNS, _encode_interaction)
-REJECTS = Table("rejected_message", Rejected._fields, _encode_rejected)
+RATINGS = Table("rating_interaction", RATING_COLUMNS)
+REQUESTS = Table("request_interaction", REQUEST_COLUMNS)
+REJECTS = Table("rejected_message", Rejected._fields)
 
 
-def write_interactions(conn: Connection, ratings: Sequence[Interaction],
+def write_interactions(conn: Connection, ratings: Sequence[Interaction] | CopyRows,
                        requests: Sequence[Interaction],
-                       rejects: Sequence[Rejected] = (),
+                       rejects: Sequence[Rejected] | CopyRows = (),
                        alerts: Sequence[OutboxAlert] = (),
                        sent: Sequence[OutboxAlert] = (),
                        spans: dict[Partition, tuple[int, int]] | None = None) -> WriteResult:
     """Write one batch in one transaction; return what was new.
 
+    Ratings and rejects may come already encoded (the pipeline's judging process encodes
+    them); requests come as rows, whose new emergencies the result names.
     `alerts` are the batch's emergencies' alerts: each newly stored emergency's is recorded
     (pending unless its sent_at is set). `sent` are alerts SNS has accepted since the last
     write, from any batch: marked sent (an alert already marked keeps its first time).
@@ -489,25 +432,33 @@ def write_interactions(conn: Connection, ratings: Sequence[Interaction],
     over the rows when the caller knows them (the daemon does; it may include partitions whose
     messages made no row).
     """
-    batch = [(table, rows) for table, rows in ((RATINGS, ratings), (REQUESTS, requests),
-                                               (REJECTS, rejects)) if rows]
+    encoded = [
+        (RATINGS, ratings if isinstance(ratings, CopyRows) else interaction_rows(ratings)),
+        (REQUESTS, interaction_rows(requests)),
+        (REJECTS, rejects if isinstance(rejects, CopyRows) else rejected_rows(rejects)),
+    ]
+    batch = [(table, rows) for table, rows in encoded if len(rows)]
     if spans is None:
         spans = _spans(rows for _, rows in batch)
+    by_source = {(r.source, r.source_partition, r.source_offset): r for r in requests}
     try:
         with conn, conn.cursor() as cur:
-            return _write(cur, batch, spans, alerts, sent, Table.copy)
+            return _write(cur, batch, spans, alerts, sent, by_source, Table.copy)
     except psycopg2.errors.UniqueViolation:  # rolled back: write what is not stored
         with conn, conn.cursor() as cur:
-            return _write(cur, batch, spans, alerts, sent, Table.insert_new)
+            return _write(cur, batch, spans, alerts, sent, by_source, Table.insert_new)
 
 
-def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, Sequence[Any]]],
+def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, CopyRows]],
            spans: dict[Partition, tuple[int, int]],
            alerts: Sequence[OutboxAlert], sent: Sequence[OutboxAlert],
-           insert: Callable[[Table, psycopg2.extensions.cursor, Sequence[Any]], Any],
+           requests: dict[Origin, Interaction],
+           insert: Callable[[Table, psycopg2.extensions.cursor, CopyRows], list[tuple] | None],
            ) -> WriteResult:
+    """`requests`: the batch's request rows by source, for the new emergencies."""
     marks = _lock_progress(cur, spans)
-    written: dict[Table, Sequence[Any]] = {}
+    written: dict[Table, int] = {}
+    new_requests: list[Interaction] = []
     already_judged = 0
     replayed = any(low < marks[key] for key, (low, _) in spans.items())
     for table, rows in batch:
@@ -515,11 +466,14 @@ def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, Sequence[An
             kept = _unjudged(cur, rows, marks)
             already_judged += len(rows) - len(kept)
             rows = kept
-        if rows:
-            returned = insert(table, cur, rows)
-            written[table] = rows if returned is None else returned
+        if not len(rows):
+            continue
+        returned = insert(table, cur, rows)
+        written[table] = len(rows) if returned is None else len(returned)
+        if table is REQUESTS:
+            new_requests = ([requests[key] for key in rows.origins()] if returned is None
+                            else [Interaction._make(row) for row in returned])
     _advance_progress(cur, spans)
-    new_requests = [Interaction._make(row) for row in written.get(REQUESTS, ())]
     new_emergencies = tuple(row for row in new_requests if row.value == EMERGENCY)
     stored = {(r.source, r.source_partition, r.source_offset) for r in new_emergencies}
     outbox = {alert[:3]: alert for alert in alerts if alert[:3] in stored}
@@ -529,16 +483,16 @@ def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, Sequence[An
             sent_at=earlier.sent_at or alert.sent_at)
     if outbox:
         _record_alerts(cur, list(outbox.values()))
-    return WriteResult(len(written.get(RATINGS, ())), len(new_requests), new_emergencies,
+    return WriteResult(written.get(RATINGS, 0), len(new_requests), new_emergencies,
                        already_judged)
 
 
-def _spans(tables: Iterable[Sequence[Any]]) -> dict[Partition, tuple[int, int]]:
+def _spans(tables: Iterable[CopyRows]) -> dict[Partition, tuple[int, int]]:
     """(lowest offset, highest offset + 1) of each source partition in the batch."""
     spans: dict[Partition, tuple[int, int]] = {}
     for rows in tables:
-        for row in rows:
-            key, offset = (row.source, row.source_partition), row.source_offset
+        for source, partition, offset in rows.origins():
+            key = (source, partition)
             low, high = spans.get(key, (offset, offset + 1))
             spans[key] = (min(low, offset), max(high, offset + 1))
     return spans
@@ -560,18 +514,17 @@ def _lock_progress(cur: psycopg2.extensions.cursor,
     return {(source, partition): mark for source, partition, mark in cur.fetchall()}
 
 
-def _unjudged(cur: psycopg2.extensions.cursor, rows: Sequence[Any],
-              marks: dict[Partition, int]) -> list[Any]:
+def _unjudged(cur: psycopg2.extensions.cursor, rows: CopyRows,
+              marks: dict[Partition, int]) -> CopyRows:
     """The rows to write: those past their partition's mark, and those below it that no table
     holds (a message the consumer skipped, then read after an offset reset)."""
     below: dict[Partition, list[int]] = {}
-    for row in rows:
-        key = (row.source, row.source_partition)
-        if row.source_offset < marks[key]:
-            below.setdefault(key, []).append(row.source_offset)
+    for source, partition, offset in rows.origins():
+        if offset < marks[source, partition]:
+            below.setdefault((source, partition), []).append(offset)
     if not below:
-        return list(rows)
-    stored: set[tuple[str, int, int]] = set()
+        return rows
+    stored: set[Origin] = set()
     for (source, partition), offsets in below.items():
         for table in ("rating_interaction", "request_interaction", "rejected_message"):
             cur.execute(sql.SQL(
@@ -579,8 +532,7 @@ def _unjudged(cur: psycopg2.extensions.cursor, rows: Sequence[Any],
                 " AND source_offset = ANY(%s)").format(sql.Identifier(table)),
                 (source, partition, offsets))
             stored.update((source, partition, offset) for (offset,) in cur.fetchall())
-    return [row for row in rows
-            if (row.source, row.source_partition, row.source_offset) not in stored]
+    return rows.only(lambda key: key not in stored)
 
 
 def _advance_progress(cur: psycopg2.extensions.cursor,

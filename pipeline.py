@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -30,6 +31,8 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg2
@@ -42,14 +45,14 @@ from tenacity import (
 )
 
 import db
+import judging
 import metrics
-import validation
 from alerts import Alert, AlertSender, emergency_alert
+from judging import JudgedBatch
 from outage import Outage
-from reject_log import RejectLog, format_reject_line
+from reject_log import RejectLog
 from s3_metadata import METADATA_ERRORS, Exhibition, load_exhibitions, s3_client
 from settings import PipelineSettings, read_settings
-from validation import Rating, Reason, Rejection, Rules
 
 log = logging.getLogger("pipeline")
 SWITCH_INTERVAL_S = 0.0002  # see tune_interpreter
@@ -64,60 +67,12 @@ KAFKA_CLOSE_BOUND_S = 5.0
 KAFKA_LOG_LEVEL = 2
 # The database's schema or clock is not this release's: a restart cannot fix it, migrate.py can.
 EXIT_SCHEMA = 3
+JUDGING_PY = Path(__file__).resolve().with_name("judging.py")
+# Batches handed to the judging process beyond the one whose result is awaited, when behind:
+# one keeps it busy while this process passes the batch before on to be written.
+JUDGING_AHEAD = 1
+JUDGING_CLOSE_S = 5.0
 T = TypeVar("T")
-
-
-# ---------------------------------------------------------------- the pure part of a batch
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedMessage:
-    topic: str
-    partition: int
-    offset: int
-    reason: Reason
-    detail: str
-    value: bytes | None
-
-
-@dataclass(slots=True)
-class JudgedBatch:
-    """One consumed batch, judged: rows to write, rejects to log, offsets to commit after."""
-
-    ratings: list[db.Interaction] = field(default_factory=list)
-    requests: list[db.Interaction] = field(default_factory=list)
-    rejects: list[RejectedMessage] = field(default_factory=list)
-    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-
-    def spans(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """Each partition's (first offset, last offset + 1) in the batch."""
-        return {key: (self.first_offsets[key], end) for key, end in self.next_offsets.items()}
-
-
-def judge_batch(messages: Sequence[Message], rules: Rules, now: datetime) -> JudgedBatch:
-    """Validate every message of a batch; messages carrying a Kafka error are skipped."""
-    batch = JudgedBatch()
-    for message in messages:
-        if message.error() is not None:
-            continue
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        verdict = validation.validate(message.value(), rules, now)
-        if isinstance(verdict, Rejection):
-            batch.rejects.append(RejectedMessage(
-                topic, partition, offset, verdict.reason, verdict.detail, message.value()))
-        else:
-            rows = batch.ratings if type(verdict) is Rating else batch.requests
-            rows.append(db.Interaction.of(verdict, topic, partition, offset))
-        batch.next_offsets[(topic, partition)] = offset + 1
-        batch.first_offsets.setdefault((topic, partition), offset)
-    return batch
-
-
-def format_reject(reject: RejectedMessage, logged_at: datetime, max_value_bytes: int) -> str:
-    return format_reject_line(logged_at, reject.reason,
-                              f"{reject.topic}/{reject.partition}/{reject.offset}",
-                              reject.detail, reject.value, max_value_bytes)
 
 
 # ---------------------------------------------------------------- the imperative shell
@@ -134,19 +89,19 @@ class Stats:
     lag: int | None = None
 
     def add(self, batch: JudgedBatch, result: db.WriteResult) -> None:
-        self.consumed += len(batch.ratings) + len(batch.requests) + len(batch.rejects)
+        emergencies = sum(1 for r in batch.requests if r.value == db.EMERGENCY)
+        self.consumed += batch.size
         self.ratings += len(batch.ratings)
-        self.emergency += sum(1 for r in batch.requests if r.value == db.EMERGENCY)
-        self.assistance += sum(1 for r in batch.requests if r.value != db.EMERGENCY)
-        self.rejected.update(r.reason.value for r in batch.rejects)
+        self.emergency += emergencies
+        self.assistance += len(batch.requests) - emergencies
+        self.rejected.update(batch.reasons)
         self.rows_written += result.ratings_inserted + result.requests_inserted
         # The metrics: a handful of calls per batch, none per message.
-        emergencies = sum(1 for r in batch.requests if r.value == db.EMERGENCY)
-        metrics.CONSUMED.inc(len(batch.ratings) + len(batch.requests) + len(batch.rejects))
+        metrics.CONSUMED.inc(batch.size)
         metrics.ACCEPTED.labels("rating").inc(len(batch.ratings))
         metrics.ACCEPTED.labels("assistance").inc(len(batch.requests) - emergencies)
         metrics.ACCEPTED.labels("emergency").inc(emergencies)
-        for reason, count in Counter(r.reason.value for r in batch.rejects).items():
+        for reason, count in batch.reasons.items():
             metrics.REJECTED.labels(reason).inc(count)
         metrics.ROWS_WRITTEN.labels("rating_interaction").inc(result.ratings_inserted)
         metrics.ROWS_WRITTEN.labels("request_interaction").inc(result.requests_inserted)
@@ -175,6 +130,66 @@ class StopFlag:
     def set(self, signum: int, _frame: object) -> None:
         log.info("received %s, stopping after the batch in hand", signal.Signals(signum).name)
         self.event.set()
+
+
+class JudgingFailed(Exception):
+    """The judging process is gone: nothing more can be judged."""
+
+
+class JudgingProcess:
+    """judging.py as a child process: each Job goes down its stdin, and its JudgedBatch comes
+    back on its stdout, in the same order.
+
+    A thread reads the results, so the two pipes never both fill up and stall each other.
+    Sending a job returns once the process has taken it, so it waits while the process is
+    still judging the job before: that is the back-pressure on the consumer.
+    """
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, str(JUDGING_PY)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.jobs = Connection(os.dup(self.process.stdin.fileno()), readable=False)
+        results = Connection(os.dup(self.process.stdout.fileno()), writable=False)
+        self.process.stdin.close()
+        self.process.stdout.close()
+        self.pending: deque[Future[JudgedBatch]] = deque()  # oldest first, until taken
+        self._unanswered: deque[Future[JudgedBatch]] = deque()  # the reader's share of them
+        self.reader = threading.Thread(target=self._read, args=(results,), name="judged",
+                                       daemon=True)
+        self.reader.start()
+
+    def submit(self, job: judging.Job) -> None:
+        future: Future[JudgedBatch] = Future()
+        self.pending.append(future)
+        self._unanswered.append(future)
+        try:
+            self.jobs.send(job)
+        except OSError:
+            raise JudgingFailed(f"the judging process exited ({self.process.wait()})") from None
+
+    def _read(self, results: Connection) -> None:
+        while True:
+            try:
+                judged = results.recv()
+            except (EOFError, OSError):
+                break
+            self._unanswered.popleft().set_result(judged)
+        results.close()
+        failure = JudgingFailed(f"the judging process exited ({self.process.wait()})")
+        while self._unanswered:
+            self._unanswered.popleft().set_exception(failure)
+
+    def close(self) -> None:
+        """Close its stdin, so it exits once the job in hand is judged; it is killed if it
+        has not within JUDGING_CLOSE_S."""
+        self.jobs.close()
+        try:
+            self.process.wait(JUDGING_CLOSE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.reader.join()
+        self.pending.clear()
 
 
 class Unwritten(NamedTuple):
@@ -230,6 +245,7 @@ class Pipeline:
             lambda conn: db.upsert_exhibitions(conn, exhibitions.values())))
         self.alerts.submit(_alerts(self._with_database(db.pending_alerts)))
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
+        self.judging = JudgingProcess()
         self.unwritten: deque[Unwritten] = deque()
         self.buffered = 0  # messages in self.unwritten
         self.paused = False
@@ -383,6 +399,7 @@ class Pipeline:
         for topic, partition in revoked:
             with contextlib.suppress(KeyError):  # no lag was reported for it yet
                 metrics.LAG.remove(topic, str(partition))
+        self._take_judged(keep=0)
         self._collect_written(wait_s=None)
         for key in revoked:
             self.pending_offsets.pop(key, None)
@@ -440,8 +457,9 @@ class Pipeline:
                             return 1
                 if messages:
                     self._kafka_answered()
-                    self.process(messages)
+                    self._judge(messages)
                 else:
+                    self._take_judged(keep=len(self.judging.pending))
                     self._collect_written(wait_s=0)
                 self._chores()
                 if time.monotonic() >= next_stats:
@@ -457,45 +475,68 @@ class Pipeline:
         except psycopg2.Error as error:
             log.error("database error, stopping without committing: %s", _one_line(error))
             return 1
+        except JudgingFailed as error:
+            log.error("%s; stopping without committing", error)
+            return 1
         finally:
             self.close()
         return 0
 
-    def process(self, messages: Sequence[Message]) -> None:
-        batch = judge_batch(messages, self.rules, datetime.now(UTC))
+    def _judge(self, messages: Sequence[Message]) -> None:
+        """Hand a consumed batch to the judging process, then pass on every batch judged.
+
+        Behind on the topic (a full batch), the next batch is consumed while this one is
+        judged: only the batch before is waited for. Caught up, this one is waited for, as
+        nothing would come to take its place soon.
+        """
+        live = [message for message in messages if message.error() is None]
+        if live:
+            self.judging.submit(judging.Job(
+                [message.value() for message in live], [message.topic() for message in live],
+                [message.partition() for message in live], [message.offset() for message in live],
+                self.rules, datetime.now(UTC), self.reject_log.max_value_bytes))
+        behind = len(messages) >= self.settings.BATCH_SIZE
+        self._take_judged(keep=JUDGING_AHEAD if behind else 0)
+
+    def _take_judged(self, keep: int) -> None:
+        """Pass every judged batch on to be written, oldest first, waiting for the oldest
+        while more than `keep` batches are still being judged."""
+        pending = self.judging.pending
+        while pending and (len(pending) > keep or pending[0].done()):
+            batch = pending[0].result()
+            pending.popleft()
+            self.process(batch)
+
+    def process(self, batch: JudgedBatch) -> None:
         alerts = self._alerts_for(r for r in batch.requests if r.value == db.EMERGENCY)
         # Sent whatever becomes of the write; not for a press whose verdict is already stored.
         self.alerts.submit(a for a in alerts if not self._judged_before(a.source,
                                                                        a.source_partition,
                                                                        a.source_offset))
-        logged_at = datetime.now(UTC)
-        limit = self.reject_log.max_value_bytes
-        self.reject_log.write([format_reject(r, logged_at, limit) for r in batch.rejects])
-        rejected = [db.Rejected(r.reason, logged_at, r.topic, r.partition, r.offset)
-                    for r in batch.rejects]
+        self.reject_log.write(batch.reject_lines)
         healthy = not self.database_down.is_set()
         self._collect_written(wait_s=HEALTHY_WRITE_WAIT_S if healthy else 0)
         if self.stopping:  # this batch is not written; it is replayed after the restart
             return
         outbox = [db.OutboxAlert(*alert) for alert in alerts]
         self.unwritten.append(Unwritten(batch, self.writer.submit(
-            self._with_database, lambda conn: self._write(conn, batch, rejected, outbox))))
-        self.buffered += _size(batch)
+            self._with_database, lambda conn: self._write(conn, batch, outbox))))
+        self.buffered += batch.size
         if self.buffered >= self.settings.WRITE_BUFFER_MESSAGES and not self.paused:
             self.paused = True
             self.consumer.pause(self.consumer.assignment())
             log.warning("%d judged messages wait for the database; consumption pauses until"
                         " they are written", self.buffered)
 
-    def _write(self, conn: db.Connection, batch: JudgedBatch, rejected: list[db.Rejected],
+    def _write(self, conn: db.Connection, batch: JudgedBatch,
                outbox: list[db.OutboxAlert]) -> db.WriteResult:
         """One batch's transaction, recording with it every alert SNS accepted meanwhile."""
         sent = self.alerts.take_sent()
         started = time.perf_counter()
         try:
             result = db.write_interactions(
-                conn, batch.ratings, batch.requests, rejected, outbox,
-                [db.OutboxAlert(*alert, sent_at=at) for alert, at in sent], batch.spans())
+                conn, batch.ratings, batch.requests, batch.rejects, outbox,
+                [db.OutboxAlert(*alert, sent_at=at) for alert, at in sent], batch.spans)
         except BaseException:
             self.alerts.give_back(sent)
             raise
@@ -523,7 +564,7 @@ class Pipeline:
             if not wait_for([write], timeout=wait_s if done == 0 else 0).done:
                 break
             self.unwritten.popleft()
-            self.buffered -= _size(batch)
+            self.buffered -= batch.size
             done += 1
             try:
                 result = write.result()
@@ -594,6 +635,7 @@ class Pipeline:
             raise
 
     def close(self) -> None:
+        self.judging.close()  # what it still holds was not written: replayed after a restart
         if self.database_down.is_set() and self.stopping:
             for _, write in self.unwritten:  # the one being retried gives up by itself
                 write.cancel()
@@ -623,10 +665,6 @@ class Pipeline:
         """The last commit, then the close: librdkafka waits in it for the commit's answer."""
         self._commit_pending()
         self.consumer.close()
-
-
-def _size(batch: JudgedBatch) -> int:
-    return len(batch.ratings) + len(batch.requests) + len(batch.rejects)
 
 
 def _alerts(outbox: Iterable[db.OutboxAlert]) -> list[Alert]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
@@ -65,10 +65,21 @@ class Rules:
     # first valid local date).
     _fast_sites: Mapping[bytes, tuple[int, date]] = field(
         init=False, repr=False, compare=False, hash=False)
+    # A memo of the time rules by minute of `at` (see _minute): it only saves work, as each
+    # entry is what these rules say of that minute whatever the clock.
+    _minutes: dict[bytes, _Minute | None] = field(
+        init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_fast_sites", MappingProxyType({
             str(site).encode(): (site, self.starts.get(site, date.min)) for site in self.sites}))
+        object.__setattr__(self, "_minutes", {})
+
+    def __reduce__(self) -> tuple[type[Rules], tuple[Any, ...]]:
+        """Pickled as what it is made from (the judging process receives it with each batch);
+        the fast path's table is derived again."""
+        return (Rules, (self.sites, self.museum_tz, self.opens, self.closes, self.max_future,
+                        dict(self.starts)))
 
 
 class _Press(NamedTuple):
@@ -203,8 +214,13 @@ def parse_site(site: Any, sites: frozenset[int]) -> int | Rejection:
 # them. Anything else takes the general path. A property test checks the two paths agree.
 _JSON_TEXT = rb'"([ !#-\[\]-~]*)"'
 _JSON_INT = rb"(-?(?:0|[1-9][0-9]{0,17}))"
-_KIOSK_FORM = re.compile(rb'\{"at": ' + _JSON_TEXT + rb', "site": ' + _JSON_TEXT
+# `at` as the kiosks write it (datetime.isoformat): 2026-02-24T17:18:10.967747+00:00, without
+# the microseconds when they are 0. Any other spelling of a time takes the general path.
+_KIOSK_AT = rb'"(\d{4}-\d\d-\d\dT\d\d:\d\d:[0-5]\d(?:\.\d{6})?[+-]\d\d:\d\d)"'
+_KIOSK_FORM = re.compile(rb'\{"at": ' + _KIOSK_AT + rb', "site": ' + _JSON_TEXT
                          + rb', "val": ' + _JSON_INT + rb'(?:, "type": ' + _JSON_INT + rb")?\}")
+# The last instant of a minute, from its first.
+_MINUTE_END = timedelta(seconds=59, microseconds=999_999)
 
 
 # The verdict of a kiosk-form message's (val, type) spellings when they are valid.
@@ -216,29 +232,90 @@ _FAST_KINDS: dict[tuple[bytes, bytes | None], tuple[type[Rating] | type[Request]
 
 def validate(raw: bytes | None, rules: Rules, now: datetime) -> Verdict:
     """Judge one message value. `now` is the processing clock, timezone-aware."""
-    kiosk_form = _KIOSK_FORM.fullmatch(raw) if raw is not None else None
-    if kiosk_form is None:
-        obj = parse_json_object(raw)
-        if isinstance(obj, Rejection):
-            return obj
-        return validate_object(obj, rules, now)
-    at_text, site_text, val_text, kind_text = kiosk_form.groups()
-    # The common case, a valid press, in one pass with no detour; anything that does not pass
-    # every rule here is judged again below by judge_fields, which names the first rule broken.
-    site = rules._fast_sites.get(site_text)
-    kind = _FAST_KINDS.get((val_text, kind_text))
-    if site is not None and kind is not None:
-        try:
-            at = datetime.fromisoformat(at_text.decode("ascii"))
-            local = at.astimezone(rules.museum_tz)
-        except (ValueError, OverflowError):
-            pass
+    return validate_all((raw,), rules, now)[0]
+
+
+def validate_all(values: Iterable[bytes | None], rules: Rules, now: datetime) -> list[Verdict]:
+    """`validate` for each value, in order: the same verdicts, made faster for a batch.
+
+    A press in the kiosks' form is judged in one pass: the time rules are decided once per
+    minute of `at` (`_minute`), then its site's spelling and its (val, type) spellings are
+    looked up in tables built once. A message that fails any rule there is judged again by the
+    general path, which names the first rule broken.
+    """
+    verdicts: list[Verdict] = []
+    fast_sites, kinds, minutes = rules._fast_sites, _FAST_KINDS, rules._minutes
+    horizon = now + rules.max_future  # the last instant not in the future
+    for raw in values:
+        kiosk_form = _KIOSK_FORM.fullmatch(raw) if raw is not None else None
+        if kiosk_form is None:
+            obj = parse_json_object(raw)
+            verdicts.append(obj if isinstance(obj, Rejection)
+                            else validate_object(obj, rules, now))
+            continue
+        at_text, site_text, val_text, kind_text = kiosk_form.groups()
+        key = at_text[:16] + at_text[-6:]  # 2026-02-24T17:18+00:00
+        minute = minutes.get(key, _UNSEEN)
+        if minute is _UNSEEN:
+            if len(minutes) >= MINUTES_MEMO_SIZE:
+                minutes.clear()
+            minute = minutes[key] = _minute(key, rules)
+        if minute is None or minute.last > horizon:  # judged one by one
+            verdicts.append(judge_fields(
+                at_text.decode("ascii"), site_text.decode("ascii"), int(val_text),
+                None if kind_text is None else int(kind_text), rules, now))
+            continue
+        at = datetime.fromisoformat(at_text.decode("ascii"))
+        site = fast_sites.get(site_text)
+        kind = kinds.get((val_text, kind_text))
+        if site is not None and kind is not None and minute.local_date >= site[1]:
+            verdicts.append(tuple.__new__(kind[0], (site[0], kind[1], at)))
         else:
-            if (at.tzinfo is not None and rules.opens <= local.time() <= rules.closes
-                    and at - now <= rules.max_future and local.date() >= site[1]):
-                return tuple.__new__(kind[0], (site[0], kind[1], at))
-    return judge_fields(at_text.decode("ascii"), site_text.decode("ascii"), int(val_text),
-                        None if kind_text is None else int(kind_text), rules, now)
+            verdicts.append(judge_press(at, minute.local_date, site_text.decode("ascii"),
+                                        int(val_text),
+                                        None if kind_text is None else int(kind_text), rules))
+    return verdicts
+
+
+# How many minutes Rules._minutes remembers before it starts again: about a month of opening
+# hours, some hundreds of kilobytes.
+MINUTES_MEMO_SIZE = 20_000
+
+
+class _Minute(NamedTuple):
+    """A minute of `at` in which every instant passes the opening hours: its museum-local
+    date, and its last instant (the future bound is checked against it)."""
+
+    local_date: date
+    last: datetime
+
+
+_UNSEEN = _Minute(date.min, datetime.min)  # not in the memo yet
+
+
+def _minute(key: bytes, rules: Rules) -> _Minute | None:
+    """What the time rules say of a minute of `at` as written (its date, hour and minute,
+    then its UTC offset: 2026-02-24T17:18+00:00): a _Minute if every instant in it is a valid
+    time within opening hours, else None.
+
+    That is so when the minute is one minute of museum time too (the zone's offset is whole
+    minutes and the same at its first and last instant), its first instant is not before
+    opening and its last not after closing. A minute that straddles a bound, or that does not
+    pass, leaves its presses to judge_fields.
+    """
+    try:
+        text = key.decode("ascii")
+        first = datetime.fromisoformat(f"{text[:16]}:00{text[16:]}")
+        last = first + _MINUTE_END
+        local_first = first.astimezone(rules.museum_tz)
+        local_last = last.astimezone(rules.museum_tz)
+    except (ValueError, OverflowError):
+        return None
+    if (local_first.second == 0 and local_first.microsecond == 0
+            and local_first.utcoffset() == local_last.utcoffset()
+            and rules.opens <= local_first.time() and local_last.time() <= rules.closes):
+        return _Minute(local_first.date(), last)
+    return None
 
 
 def validate_object(obj: dict[str, Any], rules: Rules, now: datetime) -> Verdict:
@@ -261,14 +338,20 @@ def judge_fields(at_value: Any, site_value: Any, val: Any, kind: Any, rules: Rul
     local = check_time(at, rules, now)
     if isinstance(local, Rejection):
         return local
+    return judge_press(at, local.date(), site_value, val, kind, rules)
 
+
+def judge_press(at: datetime, local_date: date, site_value: Any, val: Any, kind: Any,
+                rules: Rules) -> Verdict:
+    """The rules after the time's: site, start date, value and type. `at` has passed the time
+    rules, and `local_date` is its museum-local date."""
     site = parse_site(site_value, rules.sites)
     if isinstance(site, Rejection):
         return site
     start = rules.starts.get(site)
-    if start is not None and local.date() < start:
+    if start is not None and local_date < start:
         return Rejection(Reason.BEFORE_EXHIBITION_START,
-                         f"pressed on {local:%Y-%m-%d}, before site {site} opened on {start}")
+                         f"pressed on {local_date:%Y-%m-%d}, before site {site} opened on {start}")
 
     if not _is_json_int(val) or not REQUEST_VAL <= val < len(RATING_LABELS):
         return Rejection(Reason.INVALID_VAL, f"val {_brief(val)} is not an integer in -1..4")

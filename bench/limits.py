@@ -1,6 +1,6 @@
 """What the machine itself allows, measured in the same run as the pipeline.
 
-(a) COPY alone: the backlog's accepted rows, encoded beforehand by db.py's own encoders (as
+(a) COPY alone: the backlog's accepted rows, encoded beforehand by rows.py's own encoders (as
     the pipeline would send them), loaded by binary COPY into tables keyed like ours (LIKE ...
     INCLUDING ALL: the same primary key and indexes, no trigger), one transaction per batch of
     BATCH_SIZE messages. Only the COPY and the COMMIT are timed.
@@ -20,6 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 import db
 from bench.backlog import Backlog
 from bench.services import BenchError, Stage
+from rows import interaction_rows
 from validation import Rating, Rejection
 
 IDLE_TIMEOUT_S = 60
@@ -50,9 +51,8 @@ def encoded_batches(backlog: Backlog, stage: Stage, batch_size: int) -> list[lis
             row = db.Interaction.of(verdict, stage.topic, index % stage.partitions,
                                     index // stage.partitions)
             (ratings if type(verdict) is Rating else requests).append(row)
-        batches.append([b"".join([db.COPY_HEADER, *map(table.encode, rows), db.COPY_TRAILER])
-                        if rows else b"" for table, rows in ((db.RATINGS, ratings),
-                                                            (db.REQUESTS, requests))])
+        batches.append([interaction_rows(rows).payload() if rows else b""
+                        for rows in (ratings, requests)])
     return batches
 
 

@@ -1,7 +1,9 @@
-"""`python pipeline.py` as a subprocess, with its CPU time and peak memory read from /proc."""
+"""`python pipeline.py` as a subprocess, with its CPU time and peak memory (its own and its
+judging process's) read from /proc."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,18 +36,38 @@ class PipelineProcess:
                                        env=env, stdout=output, stderr=subprocess.STDOUT)
         return cls(process, log_path, started)
 
+    def pids(self) -> list[int]:
+        """The pipeline and its child processes (the judging process)."""
+        pids = [self.process.pid]
+        for pid in pids:  # grows while it is walked: children's children too
+            path = Path(f"/proc/{pid}/task/{pid}/children")
+            with contextlib.suppress(OSError):
+                pids.extend(int(child) for child in path.read_text().split())
+        return pids
+
     def cpu_seconds(self) -> float:
-        """User plus system CPU time so far (fields 14 and 15 of /proc/PID/stat)."""
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()  # the name in brackets may hold spaces
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        """User plus system CPU time so far of the pipeline and its children (fields 14 and 15
+        of /proc/PID/stat)."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()  # the name in brackets may hold spaces
+                total += int(fields[11]) + int(fields[12])
+        return total / CLOCK_TICKS
 
     def peak_rss_mb(self) -> float:
-        """The resident set's high-water mark (VmHWM) so far."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise BenchError("no VmHWM in /proc/PID/status")
+        """The resident sets' high-water marks (VmHWM) so far, the pipeline's and its
+        children's added up."""
+        total_kb = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total_kb += int(line.split()[1])
+        if not total_kb:
+            raise BenchError("no VmHWM in /proc/PID/status")
+        return total_kb / 1024
 
     def wait_for(self, probe: Callable[[], T], timeout: float, what: str) -> T:
         """Call `probe` every POLL_S until it returns a true value, and return that value.

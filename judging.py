@@ -1,0 +1,151 @@
+"""The judging process: a consumed batch's values in, its rows and reject-log lines out.
+
+Judging (the museum's rules, then each row's binary COPY encoding and each reject's log line)
+is the pipeline's CPU-bound work. In a process of its own it runs beside the consumer and the
+database writer instead of taking turns with them for one interpreter lock. pipeline.py starts
+it as `python judging.py`, sends each Job down its stdin and reads each JudgedBatch back from
+its stdout, in order; it exits when its stdin closes (the pipeline stopped, or died).
+
+`judge` is pure: no clock, no file, no network.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from multiprocessing.connection import Connection
+from typing import NamedTuple
+
+import validation
+from reject_log import format_reject_lines
+from rows import (
+    CopyRows,
+    Interaction,
+    InteractionPacker,
+    RejectedPacker,
+    interaction_packer,
+    pg_micros,
+    rejected_packer,
+)
+from validation import Rating, Rejection, Request, Rules
+
+Partition = tuple[str, int]  # (source, source_partition)
+
+
+class Job(NamedTuple):
+    """One consumed batch: each message's value and origin, and what judging needs."""
+
+    values: list[bytes | None]
+    sources: list[str]
+    partitions: list[int]
+    offsets: list[int]
+    rules: Rules
+    now: datetime  # the processing clock, also the time its rejects are logged
+    max_value_bytes: int  # how much of a rejected value its log line keeps
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedBatch:
+    """One batch, judged: rows to write, reject-log lines to append, offsets to commit after."""
+
+    ratings: CopyRows
+    requests: list[Interaction]
+    rejects: CopyRows
+    reject_lines: list[str]
+    reasons: dict[str, int]  # rejects per reason code
+    spans: dict[Partition, tuple[int, int]]  # each partition's (first offset, last + 1)
+
+    @property
+    def size(self) -> int:
+        return len(self.ratings) + len(self.requests) + len(self.rejects)
+
+    @property
+    def next_offsets(self) -> dict[Partition, int]:
+        return {key: end for key, (_, end) in self.spans.items()}
+
+
+def judge(job: Job) -> JudgedBatch:
+    """Validate every message of the job and make each verdict its row or its reject line."""
+    verdicts = validation.validate_all(job.values, job.rules, job.now)
+    origins = zip(job.sources, job.partitions, job.offsets, strict=True)
+    rating_packers: dict[str, InteractionPacker] = {}
+    reject_packers: dict[tuple[str, str], RejectedPacker] = {}
+    ratings: list[bytes] = []
+    rating_origins: list[tuple[str, int, int]] = []
+    requests: list[Interaction] = []
+    rejects: list[bytes] = []
+    reject_origins: list[tuple[str, int, int]] = []
+    reject_lines: list[tuple[str, str, str, bytes | None]] = []
+    rejected_at = pg_micros(job.now)
+    for verdict, value, origin in zip(verdicts, job.values, origins, strict=True):
+        kind = type(verdict)
+        source, partition, offset = origin
+        if kind is Rating:
+            pack = rating_packers.get(source) or rating_packers.setdefault(
+                source, interaction_packer(source))
+            ratings.append(pack(verdict[0], verdict[1], verdict[2], partition, offset))
+            rating_origins.append(origin)
+        elif kind is Request:
+            requests.append(Interaction(*verdict, *origin))
+        else:
+            assert isinstance(verdict, Rejection)
+            reason = verdict.reason.value
+            pack_reject = reject_packers.get((reason, source)) or reject_packers.setdefault(
+                (reason, source), rejected_packer(reason, source))
+            rejects.append(pack_reject(rejected_at, partition, offset))
+            reject_origins.append(origin)
+            reject_lines.append((reason, f"{source}/{partition}/{offset}", verdict.detail, value))
+    # A partition's messages come in offset order: its first and its last give its span.
+    keys = list(zip(job.sources, job.partitions, strict=True))
+    lasts = dict(zip(keys, job.offsets, strict=True))
+    firsts = dict(zip(reversed(keys), reversed(job.offsets), strict=True))
+    return JudgedBatch(
+        ratings=_copy_rows(ratings, rating_origins),
+        requests=requests,
+        rejects=_copy_rows(rejects, reject_origins),
+        reject_lines=format_reject_lines(job.now, reject_lines, job.max_value_bytes),
+        reasons=dict(Counter(line[0] for line in reject_lines)),
+        spans={key: (firsts[key], last + 1) for key, last in lasts.items()},
+    )
+
+
+def _copy_rows(encoded: list[bytes], origins: list[tuple[str, int, int]]) -> CopyRows:
+    sources, partitions, offsets = zip(*origins, strict=True) if origins else ((), (), ())
+    return CopyRows.of(encoded, list(sources), partitions, offsets)
+
+
+def serve() -> None:
+    """Judge jobs from stdin until it closes, sending each result to stdout.
+
+    Signals are the pipeline's to handle: a terminal's Ctrl-C reaches the whole process group,
+    and the pipeline then stops this process by closing its stdin. stdout carries only results:
+    anything else printed goes to stderr.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    results = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)
+    jobs = Connection(os.dup(0), writable=False)
+    gc.freeze()  # the start-up heap never becomes garbage: not scanned again
+    rules: Rules | None = None  # kept while unchanged, with what it has memoised
+    while True:
+        try:
+            job = jobs.recv()
+        except EOFError:
+            return
+        if job.rules == rules:
+            job = job._replace(rules=rules)
+        else:
+            rules = job.rules
+        try:
+            results.send(judge(job))
+        except BrokenPipeError:  # the pipeline is gone
+            return
+
+
+if __name__ == "__main__":
+    serve()
