@@ -34,6 +34,7 @@ from rows import (
 from validation import Rating, Rejection, Request, Rules
 
 Partition = tuple[str, int]  # (source, source_partition)
+JOB_GC_THRESHOLD = 100_000  # more objects than a batch of 5,000 messages keeps alive
 
 
 class Job(NamedTuple):
@@ -87,7 +88,7 @@ def judge(job: Job) -> JudgedBatch:
         if kind is Rating:
             pack = rating_packers.get(source) or rating_packers.setdefault(
                 source, interaction_packer(source))
-            ratings.append(pack(verdict[0], verdict[1], verdict[2], partition, offset))
+            ratings.append(pack(*verdict, partition, offset))
             rating_origins.append(origin)
         elif kind is Request:
             requests.append(Interaction(*verdict, *origin))
@@ -131,6 +132,9 @@ def serve() -> None:
     os.dup2(2, 1)
     jobs = Connection(os.dup(0), writable=False)
     gc.freeze()  # the start-up heap never becomes garbage: not scanned again
+    # A batch's rows live until it is sent: with the default threshold (700) they would be
+    # scanned for cycles many times over while it is judged; judging makes no cycles.
+    gc.set_threshold(JOB_GC_THRESHOLD)
     rules: Rules | None = None  # kept while unchanged, with what it has memoised
     while True:
         try:

@@ -1,12 +1,12 @@
 """The LMNH kiosk pipeline: Kafka topic -> validation -> PostgreSQL, with rejects logged.
 
 Run `python pipeline.py` (configured by the environment and `.env`; see .env.example). Each
-batch flows one way: messages, verdicts, emergency alerts handed to the sender, reject-log
-lines, one database transaction, then the offset commit, so a crash at any moment replays at
-most the batches not yet written, and the rows' source key (topic, partition, offset) with the
-per-partition progress mark turns the replay into a no-op. While the database is away, judged
-batches wait in a bounded buffer (the partitions pause when it is full) and alerts still go
-out. Stop it with SIGTERM or Ctrl-C.
+batch flows one way: messages, verdicts (in the judging process, judging.py), emergency alerts
+handed to the sender, reject-log lines, one database transaction, then the offset commit, so a
+crash at any moment replays at most the batches not yet written, and the rows' source key
+(topic, partition, offset) with the per-partition progress mark turns the replay into a no-op.
+While the database is away, judged batches wait in a bounded buffer (the partitions pause when
+it is full) and alerts still go out. Stop it with SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ class JudgingProcess:
         self.process.stdin.close()
         self.process.stdout.close()
         self.pending: deque[Future[JudgedBatch]] = deque()  # oldest first, until taken
+        self.failure: JudgingFailed | None = None  # set once it has exited
         self._unanswered: deque[Future[JudgedBatch]] = deque()  # the reader's share of them
         self.reader = threading.Thread(target=self._read, args=(results,), name="judged",
                                        daemon=True)
@@ -175,9 +176,9 @@ class JudgingProcess:
                 break
             self._unanswered.popleft().set_result(judged)
         results.close()
-        failure = JudgingFailed(f"the judging process exited ({self.process.wait()})")
+        self.failure = JudgingFailed(f"the judging process exited ({self.process.wait()})")
         while self._unanswered:
-            self._unanswered.popleft().set_exception(failure)
+            self._unanswered.popleft().set_exception(self.failure)
 
     def close(self) -> None:
         """Close its stdin, so it exits once the job in hand is judged; it is killed if it
@@ -202,11 +203,14 @@ class Unwritten(NamedTuple):
 class Pipeline:
     """Owns the consumer, the database connection, the reject log and the alert sender.
 
-    Batches are written on the writer thread, in order, while the next are consumed and judged
-    on the main thread; a batch's offsets are committed, in order, once its transaction has
-    committed. Judging waits for the previous write while the database answers (one batch in
-    flight), and runs ahead into a bounded buffer while it does not. Every database call after
-    start-up runs on the writer thread (it alone owns the connection).
+    Three stages run side by side, each batch passing through them in order: the main thread
+    consumes it and hands it to the judging process (judging.py), which validates it and
+    encodes its rows; the main thread then writes its reject-log lines, hands its alerts to
+    the sender and its rows to the writer thread; a batch's offsets are committed, in order,
+    once its transaction has committed. Judging waits for the previous write while the
+    database answers (one batch in flight), and runs ahead into a bounded buffer while it does
+    not. Every database call after start-up runs on the writer thread (it alone owns the
+    connection).
     """
 
     def __init__(self, settings: PipelineSettings, exhibitions: dict[int, Exhibition],
@@ -445,6 +449,8 @@ class Pipeline:
             while not self.stopping:
                 self.health.turned()
                 self.kafka_outage.remind()
+                if self.judging.failure is not None:
+                    raise self.judging.failure
                 messages = self.consumer.consume(self.settings.BATCH_SIZE, timeout=linger_s)
                 if self.fatal_error is not None:
                     log.error("kafka fatal error, exiting: %s", self.fatal_error.str())
@@ -794,7 +800,7 @@ def tune_interpreter() -> None:
     """Two settings for a loop that makes objects fast while another thread waits on I/O.
 
     - The writer thread needs the GIL back after each database call; by default it may wait
-      5 ms for the judging thread to let go, which idled the writer for much of a batch.
+      5 ms for the main thread to let go, which idled the writer for much of a batch.
     - Start-up leaves a large heap (boto3, pydantic, librdkafka's wrapper) that never becomes
       garbage; frozen, the cyclic garbage collector stops re-scanning it every few thousand
       messages (backlog drain in alternating runs: 90,800/s mean with it, 81,700/s without).

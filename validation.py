@@ -244,14 +244,15 @@ def validate_all(values: Iterable[bytes | None], rules: Rules, now: datetime) ->
     general path, which names the first rule broken.
     """
     verdicts: list[Verdict] = []
-    fast_sites, kinds, minutes = rules._fast_sites, _FAST_KINDS, rules._minutes
+    # Bound once: this loop runs for every message the pipeline reads.
+    fullmatch, append, parse_time = _KIOSK_FORM.fullmatch, verdicts.append, datetime.fromisoformat
+    fast_site, fast_kind, minutes = rules._fast_sites.get, _FAST_KINDS.get, rules._minutes
     horizon = now + rules.max_future  # the last instant not in the future
     for raw in values:
-        kiosk_form = _KIOSK_FORM.fullmatch(raw) if raw is not None else None
+        kiosk_form = fullmatch(raw) if raw is not None else None
         if kiosk_form is None:
             obj = parse_json_object(raw)
-            verdicts.append(obj if isinstance(obj, Rejection)
-                            else validate_object(obj, rules, now))
+            append(obj if isinstance(obj, Rejection) else validate_object(obj, rules, now))
             continue
         at_text, site_text, val_text, kind_text = kiosk_form.groups()
         key = at_text[:16] + at_text[-6:]  # 2026-02-24T17:18+00:00
@@ -261,19 +262,18 @@ def validate_all(values: Iterable[bytes | None], rules: Rules, now: datetime) ->
                 minutes.clear()
             minute = minutes[key] = _minute(key, rules)
         if minute is None or minute.last > horizon:  # judged one by one
-            verdicts.append(judge_fields(
-                at_text.decode("ascii"), site_text.decode("ascii"), int(val_text),
-                None if kind_text is None else int(kind_text), rules, now))
+            append(judge_fields(at_text.decode("ascii"), site_text.decode("ascii"),
+                                int(val_text), None if kind_text is None else int(kind_text),
+                                rules, now))
             continue
-        at = datetime.fromisoformat(at_text.decode("ascii"))
-        site = fast_sites.get(site_text)
-        kind = kinds.get((val_text, kind_text))
+        at = parse_time(at_text.decode("ascii"))
+        site = fast_site(site_text)
+        kind = fast_kind((val_text, kind_text))
         if site is not None and kind is not None and minute.local_date >= site[1]:
-            verdicts.append(tuple.__new__(kind[0], (site[0], kind[1], at)))
+            append(tuple.__new__(kind[0], (site[0], kind[1], at)))
         else:
-            verdicts.append(judge_press(at, minute.local_date, site_text.decode("ascii"),
-                                        int(val_text),
-                                        None if kind_text is None else int(kind_text), rules))
+            append(judge_press(at, minute.local_date, site_text.decode("ascii"), int(val_text),
+                               None if kind_text is None else int(kind_text), rules))
     return verdicts
 
 
