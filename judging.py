@@ -22,15 +22,7 @@ from typing import NamedTuple
 
 import validation
 from reject_log import format_reject_lines
-from rows import (
-    CopyRows,
-    Interaction,
-    InteractionPacker,
-    RejectedPacker,
-    interaction_packer,
-    pg_micros,
-    rejected_packer,
-)
+from rows import CopyRows, Interaction, Origin, Rejected, press_rows, rejected_rows
 from validation import Rating, Rejection, Request, Rules
 
 Partition = tuple[str, int]  # (source, source_partition)
@@ -72,51 +64,38 @@ class JudgedBatch:
 def judge(job: Job) -> JudgedBatch:
     """Validate every message of the job and make each verdict its row or its reject line."""
     verdicts = validation.validate_all(job.values, job.rules, job.now)
-    origins = zip(job.sources, job.partitions, job.offsets, strict=True)
-    rating_packers: dict[str, InteractionPacker] = {}
-    reject_packers: dict[tuple[str, str], RejectedPacker] = {}
-    ratings: list[bytes] = []
-    rating_origins: list[tuple[str, int, int]] = []
+    ratings: list[Rating] = []
+    rating_origins: list[Origin] = []
     requests: list[Interaction] = []
-    rejects: list[bytes] = []
-    reject_origins: list[tuple[str, int, int]] = []
+    rejects: list[Rejected] = []
     reject_lines: list[tuple[str, str, str, bytes | None]] = []
-    rejected_at = pg_micros(job.now)
-    for verdict, value, origin in zip(verdicts, job.values, origins, strict=True):
+    for verdict, value, origin in zip(verdicts, job.values, zip(
+            job.sources, job.partitions, job.offsets, strict=True), strict=True):
         kind = type(verdict)
-        source, partition, offset = origin
         if kind is Rating:
-            pack = rating_packers.get(source) or rating_packers.setdefault(
-                source, interaction_packer(source))
-            ratings.append(pack(*verdict, partition, offset))
+            ratings.append(verdict)
             rating_origins.append(origin)
         elif kind is Request:
             requests.append(Interaction(*verdict, *origin))
         else:
             assert isinstance(verdict, Rejection)
             reason = verdict.reason.value
-            pack_reject = reject_packers.get((reason, source)) or reject_packers.setdefault(
-                (reason, source), rejected_packer(reason, source))
-            rejects.append(pack_reject(rejected_at, partition, offset))
-            reject_origins.append(origin)
+            rejects.append(Rejected(reason, job.now, *origin))
+            source, partition, offset = origin
             reject_lines.append((reason, f"{source}/{partition}/{offset}", verdict.detail, value))
     # A partition's messages come in offset order: its first and its last give its span.
     keys = list(zip(job.sources, job.partitions, strict=True))
     lasts = dict(zip(keys, job.offsets, strict=True))
     firsts = dict(zip(reversed(keys), reversed(job.offsets), strict=True))
+    sources, partitions, offsets = zip(*rating_origins, strict=True) if ratings else ((),) * 3
     return JudgedBatch(
-        ratings=_copy_rows(ratings, rating_origins),
+        ratings=press_rows(ratings, sources, partitions, offsets),
         requests=requests,
-        rejects=_copy_rows(rejects, reject_origins),
+        rejects=rejected_rows(rejects),
         reject_lines=format_reject_lines(job.now, reject_lines, job.max_value_bytes),
         reasons=dict(Counter(line[0] for line in reject_lines)),
         spans={key: (firsts[key], last + 1) for key, last in lasts.items()},
     )
-
-
-def _copy_rows(encoded: list[bytes], origins: list[tuple[str, int, int]]) -> CopyRows:
-    sources, partitions, offsets = zip(*origins, strict=True) if origins else ((), (), ())
-    return CopyRows.of(encoded, list(sources), partitions, offsets)
 
 
 def serve() -> None:

@@ -163,3 +163,21 @@ def test_the_judging_process_ends_with_the_pipeline(
     while not is_gone(child):
         assert time.monotonic() < deadline, "the judging process outlived the pipeline"
         time.sleep(0.05)
+
+
+def test_rows_kept_from_a_replayed_batch_are_those_rows_encoded_alone() -> None:
+    """CopyRows.only splits the encoded rows at their field lengths: the rows it keeps are
+    byte for byte what encoding only them gives (rows of several sources and reasons)."""
+    at = datetime(2026, 7, 15, 9, 30, 1, 5, tzinfo=UTC)
+    ratings = [Interaction(n % 6, n % 5, at + timedelta(seconds=n), "lmnh" + "x" * (n % 3),
+                           n % 2, 10 + n) for n in range(40)]
+    rejects = [Rejected(("invalid_val", "unknown_site", "x")[n % 3], at, "lmnh" * (n % 2 + 1),
+                        0, n) for n in range(40)]
+    for rows, encode in ((ratings, interaction_rows), (rejects, rejected_rows)):
+        def kept(origin: tuple[str, int, int]) -> bool:
+            return origin[2] % 3 != 1
+
+        assert encode(rows).only(kept) == encode(
+            [row for row in rows if kept((row.source, row.source_partition, row.source_offset))])
+        assert encode(rows).only(lambda origin: True) == encode(rows)
+        assert len(encode(rows).only(lambda origin: False)) == 0
