@@ -7,21 +7,33 @@
 (b) A bare consume loop: the stage's topic read from the beginning by one consumer with
     settings chosen for a backlog (large fetches and queues; nothing but counting per message).
 Both are in messages a second, like the drain, so the drain's share of the lower is its ratio.
+
+Beside them, what bounds the drain from the database's side: the pipeline's own write alone
+(`write_limit`), every batch judged beforehand by judging.judge, then db.write_interactions
+with everything the pipeline writes (ratings, requests, rejected messages, the rollup trigger,
+the progress marks), one batch after another as the pipeline's writer thread does.
 """
 
 from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import psycopg2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 import db
+import judging
 from bench.backlog import Backlog
-from bench.services import BenchError, Stage
+from bench.services import SITES, STARTS, BenchError, Stage
 from rows import interaction_rows
-from validation import Rating, Rejection
+from s3_metadata import Exhibition
+from settings import PipelineSettings
+from validation import Rating, Rejection, Rules
+
+REJECT_LOG_MAX_VALUE_BYTES = PipelineSettings.model_fields["REJECT_LOG_MAX_VALUE_BYTES"].default
 
 IDLE_TIMEOUT_S = 60
 # librdkafka settings for reading a backlog as fast as it can be read.
@@ -109,3 +121,33 @@ def consume_limit(stage: Stage, count: int) -> float:
     if received != count or first == count:
         raise BenchError(f"a bare consumer got {received} of {count} messages, {first} at once")
     return (received - first) / elapsed
+
+
+def write_limit(stage: Stage, backlog: Backlog, batch_size: int,
+                exhibitions: Iterable[Exhibition]) -> float:
+    """Messages a second the pipeline's write path alone stores; checks the tables are exact."""
+    rules = Rules(sites=frozenset(SITES), starts=STARTS)
+    now = datetime.now(UTC)
+    batches = []
+    for first in range(0, len(backlog.values), batch_size):
+        indexes = range(first, min(first + batch_size, len(backlog.values)))
+        # Message i is at offset i // P of partition i % P, as Backlog.load produces it.
+        batches.append(judging.judge(judging.Job(
+            [backlog.values[i] for i in indexes], [stage.topic] * len(indexes),
+            [i % stage.partitions for i in indexes], [i // stage.partitions for i in indexes],
+            rules, now, REJECT_LOG_MAX_VALUE_BYTES)))
+    conn = psycopg2.connect(stage.database_url)
+    try:
+        db.upsert_exhibitions(conn, exhibitions)
+        started = time.perf_counter()
+        for batch in batches:
+            db.write_interactions(conn, batch.ratings, batch.requests, batch.rejects,
+                                  spans=batch.spans)
+        elapsed = time.perf_counter() - started
+    finally:
+        conn.close()
+    (stored,) = stage.query("SELECT (SELECT count(*) FROM rating_interaction)"
+                            " + (SELECT count(*) FROM request_interaction)")[0]
+    if stored != backlog.expected.rows:
+        raise BenchError(f"the write alone stored {stored} rows, not {backlog.expected.rows}")
+    return len(backlog.values) / elapsed

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.backlog import Backlog, BacklogResult, check_exact, run_backlog
 from bench.baseline import run_baseline
 from bench.latency import LatencyResult, run_latency
-from bench.limits import consume_limit, copy_limit
+from bench.limits import consume_limit, copy_limit, write_limit
 from bench.services import DATABASES, TUNABLES, BenchError, Services, running_services
 from settings import PipelineSettings as Settings
 
@@ -56,6 +56,7 @@ class RunResult:
     small_backlog: BacklogResult  # a fifth of the backlog, to see whether memory grows with it
     copy_rate: float  # limit (a): binary COPY alone, messages/s
     consume_rate: float  # limit (b): a bare consume loop, messages/s
+    write_rate: float  # the pipeline's write path alone, messages/s
     baseline_rate: float
     high: LatencyResult
     low: LatencyResult
@@ -121,6 +122,8 @@ def run_once(services: Services, backlog: Backlog, mix: str,
                                             .default))
     copy_rate = copy_limit(stage, backlog, batch_size)
     consume_rate = consume_limit(stage, len(backlog.values))
+    write_rate = write_limit(services.stage("write-alone"), backlog, batch_size,
+                             services.exhibitions().values())
     head = backlog.head(args.baseline_messages)
     stage = services.stage("baseline")
     head.load(stage)
@@ -130,7 +133,8 @@ def run_once(services: Services, backlog: Backlog, mix: str,
     low = run_latency(services.stage("latency-low"), LOW_RATE,
                       max(args.latency_seconds, LOW_RATE_MIN_SECONDS if not args.quick else 0),
                       mix)
-    return RunResult(backlog_result, small, copy_rate, consume_rate, baseline_rate, high, low)
+    return RunResult(backlog_result, small, copy_rate, consume_rate, write_rate, baseline_rate,
+                     high, low)
 
 
 def figures(runs: list[RunResult]) -> list[Figure]:
@@ -144,6 +148,9 @@ def figures(runs: list[RunResult]) -> list[Figure]:
                "{:,.0f}"),
         Figure("drain / min(limits)", [r.drain / lim for r, lim in zip(runs, limit, strict=True)],
                "{:.0%}", ">= 60%", lambda v: v >= 0.6),
+        Figure("the pipeline's write alone: messages/s", [r.write_rate for r in runs], "{:,.0f}"),
+        Figure("  its share of limit (a)",
+               [r.write_rate / r.copy_rate for r in runs], "{:.0%}"),
         Figure("baseline (INSERT+COMMIT a message): msg/s", [r.baseline_rate for r in runs],
                "{:,.0f}"),
         Figure("drain / baseline", [r.drain / r.baseline_rate for r in runs], "{:.1f}x",
@@ -197,6 +204,8 @@ NOTES = """Targets are judged on the median. drain: from the first offset commit
 limits: (a) binary COPY alone of the backlog's accepted rows, encoded by rows.py before timing,
   into tables LIKE ours INCLUDING ALL (same key), BATCH_SIZE messages a transaction; (b) a bare
   consume loop (bench/limits.py's settings), from its first batch. Both in messages/s.
+the write alone: db.write_interactions of the backlog judged beforehand (every table, the rollup
+  trigger, the progress marks), batch after batch: the drain's bound on the database's side.
 baseline: one INSERT and COMMIT a message, from its first message to its last commit.
 latency: Kafka CreateTime to pg_xact_commit_timestamp(xmin) of the row (rejects have no row);
   the broker's share is when a bare consumer with the pipeline's settings gets each message.
