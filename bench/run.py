@@ -1,6 +1,6 @@
 """The pipeline's benchmark: backlog drain against the machine's limits and the usual consumer.
 
-    python3 dev.py bench            # both databases, both mixes, 3 runs each (30-45 minutes)
+    python3 dev.py bench            # both databases, both mixes, 3 runs each (about 14 minutes)
     python3 dev.py bench --quick    # CI's short version: embedded PostgreSQL, simulator, one run
     python3 dev.py bench --db embedded --mix real --runs 1
 
@@ -13,7 +13,8 @@ TEST_BOOTSTRAP_SERVERS) and moto S3:
    is committed; the tables and reject log must then be exact (a fifth of the backlog goes
    first through its own pipeline, to see whether memory grows with it);
 2. the limits on the same backlog (bench/limits.py): binary COPY alone of its accepted rows,
-   encoded beforehand, BATCH_SIZE messages a transaction; a bare consume loop;
+   encoded beforehand, BATCH_SIZE messages a transaction; a bare consume loop; and beside them
+   the pipeline's write alone (the backlog judged beforehand, then db.write_interactions);
 3. baseline: the usual consumer (bench/baseline.py) on the first --baseline-messages;
 4. latency: presses at 5,000 and at 20 messages/s, produce to row commit.
 It prints one table of medians (with min and max) per database and mix, each target met or
