@@ -126,16 +126,21 @@ def is_gone(pid: int) -> bool:
     return state == "Z"  # exited, not yet reaped by its parent
 
 
+@pytest.mark.parametrize("when", ["mid-stream", "idle"])
 def test_the_pipeline_stops_without_committing_when_its_judging_process_dies(
         broker: Broker, database: Database, pipeline_env: dict[str, str],
-        run_pipeline) -> None:
+        run_pipeline, when: str) -> None:
+    """Mid-stream, the next batch handed over finds it gone; idle, the loop notices."""
     env = pipeline_env | {"BATCH_SIZE": "50"}
     presses = simulated_presses(2000, seed=3)
     expected = intended_rows(presses, broker.partitions(env["TOPIC"]))
     broker.produce(env["TOPIC"], [press.value for press in presses[:1000]])
     run = run_pipeline(env)
-    wait_until(lambda: database.scalar("SELECT count(*) FROM rating_interaction") > 0, 60,
-               "first rows")
+    if when == "idle":
+        wait_until(lambda: all_committed(broker, env), 60, "the first half committed")
+    else:
+        wait_until(lambda: database.scalar("SELECT count(*) FROM rating_interaction") > 0, 60,
+                   "first rows")
     os.kill(judging_child(run.process.pid), signal.SIGKILL)
     assert run.wait(30) == 1
     errors = [line for line in run.text().splitlines() if " ERROR " in line]
