@@ -525,9 +525,15 @@ def test_the_exit_codes_0_1_2_and_130(moto_s3: MotoS3, database: Database,
     assert bad.returncode == 2 and "BATCH_SIZE" in bad.stdout + bad.stderr
     assert database.scalar("SELECT count(*) FROM rating_interaction") == 0
 
-    interrupted = subprocess.Popen([sys.executable, str(ROOT / "backfill.py")], cwd=ROOT,
-                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+    # Run as a shell script's background job, this suite starts with SIGINT ignored, and an
+    # ignored signal stays ignored across exec; caught here, it is the default in the child.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupted = subprocess.Popen([sys.executable, str(ROOT / "backfill.py")], cwd=ROOT,
+                                       env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         wait_until(lambda: database.scalar("SELECT count(*) FROM rating_interaction") > 0
                    or interrupted.poll() is not None, 120, "the first batch", interval=0.002)
