@@ -32,6 +32,7 @@ from rows import (
     CopyRows,
     Interaction,
     Origin,
+    Partition,
     Rejected,
     interaction_rows,
     rejected_rows,
@@ -90,9 +91,6 @@ class OutboxAlert(NamedTuple):
     subject: str
     message: str
     sent_at: datetime | None = None
-
-
-Partition = tuple[str, int]  # (source, source_partition)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,9 @@ from typing import NamedTuple
 
 import validation
 from reject_log import format_reject_lines
-from rows import CopyRows, Interaction, Origin, Rejected, press_rows, rejected_rows
+from rows import CopyRows, Interaction, Origin, Partition, Rejected, press_rows, rejected_rows
 from validation import Rating, Rejection, Request, Rules
 
-Partition = tuple[str, int]  # (source, source_partition)
 JOB_GC_THRESHOLD = 100_000  # more objects than a batch of 5,000 messages keeps alive
 
 

@@ -25,6 +25,7 @@ PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # timestamptz is microseconds since
 MICROSECOND = timedelta(microseconds=1)
 
 Origin = tuple[str, int, int]  # where a message came from: (source, partition, offset)
+Partition = tuple[str, int]  # (source, source_partition)
 
 
 class Interaction(NamedTuple):
