@@ -28,7 +28,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extras import execute_values
 
-from rows import (
+from lmnh.core.rows import (
     CopyRows,
     Interaction,
     Origin,
@@ -40,8 +40,10 @@ from rows import (
 from s3_metadata import Exhibition
 
 HERE = Path(__file__).resolve().parent
-SCHEMA_FILES = ("schema.sql", "schema_views.sql")  # a new database: the tables, then the rest
-MIGRATIONS = HERE / "migrations"  # NNNN_name.sql: each upgrades version NNNN - 1 to NNNN
+SQL = HERE / "lmnh" / "sql"
+# A new database: the tables, then the rest.
+SCHEMA_FILES = (HERE / "schema.sql", SQL / "schema_views.sql")
+MIGRATIONS = SQL / "migrations"  # NNNN_name.sql: each upgrades version NNNN - 1 to NNNN
 MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 MIGRATE_COMMAND = "python migrate.py"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -277,10 +279,10 @@ def apply_schema(conn: Connection, clock: MuseumClock | None = None) -> None:
     transaction: what reset_database.sh does with psql. The clock defaults to schema.sql's
     (Europe/London, 08:45-18:15)."""
     with conn, conn.cursor() as cur:
-        cur.execute((HERE / "schema.sql").read_text())
+        cur.execute(SCHEMA_FILES[0].read_text())
         if clock is not None:
             _write_clock(cur, clock)
-        cur.execute((HERE / "schema_views.sql").read_text())
+        cur.execute(SCHEMA_FILES[1].read_text())
 
 
 def migrate(conn: Connection, clock: MuseumClock) -> tuple[int, list[int]]:
@@ -306,7 +308,7 @@ def migrate(conn: Connection, clock: MuseumClock) -> tuple[int, list[int]]:
                 cur.execute(path.read_text())
                 cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
                 applied.append(version)
-        views = (HERE / "schema_views.sql").read_text()
+        views = SCHEMA_FILES[1].read_text()
         cur.execute(views)
         cur.execute("SELECT time_zone, opening_time, closing_time FROM museum_settings")
         if MuseumClock(*cur.fetchone()) != clock:

@@ -4,8 +4,9 @@
     python3 dev.py test [pytest options] # the whole test suite
     python3 dev.py bench [bench options] # the throughput and latency benchmark
 
-Each creates .venv beside this file on first use and installs requirements-dev.txt into it
-(again whenever a requirements file changes), then runs the command with that interpreter.
+Each creates .venv beside this file on first use, installs requirements-dev.txt and the project
+itself (editable) into it, again whenever a requirements file or pyproject.toml changes, then runs
+the command with that interpreter.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / "requirements.sha256"
-REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
+REQUIREMENTS = ("requirements.txt", "requirements-dev.txt", "pyproject.toml")
 COMMANDS = {
-    "demo": ["demo.py"],
+    "demo": ["-m", "lmnh.local.demo"],
     "test": ["-m", "pytest"],
     "bench": ["bench/run.py"],
 }
@@ -48,8 +49,12 @@ def ensure_venv() -> None:
         print(f"creating {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
     print("installing requirements-dev.txt (first run only)", flush=True)
-    subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "-r", str(ROOT / "requirements-dev.txt")], check=True)
+    pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(ROOT / "requirements-dev.txt")], check=True)
+    # The project itself, editable: its console scripts (lmnh-pipeline ...) and `python -m lmnh...`
+    # from any folder; built with the venv's own setuptools, so nothing more is fetched.
+    subprocess.run([*pip, "--no-deps", "--no-build-isolation", "--editable", str(ROOT)],
+                   check=True)
     STAMP.write_text(wanted)
 
 

@@ -11,7 +11,7 @@ it is full) and alerts still go out. Stop it with SIGTERM or Ctrl-C.
 
 from __future__ import annotations
 
-import requires_python  # noqa: F401 - first: an older Python gets one line
+from lmnh import requires_python  # noqa: F401 - first: an older Python gets one line
 
 # isort: split
 import argparse
@@ -45,14 +45,14 @@ from tenacity import (
 )
 
 import db
-import judging
-import metrics
-from alerts import Alert, AlertSender, emergency_alert
-from judging import JudgedBatch
-from outage import Outage
-from reject_log import RejectLog
+from lmnh.core import judging
+from lmnh.core.judging import JudgedBatch
+from lmnh.core.outage import Outage
+from lmnh.services import metrics
+from lmnh.services.alerts import Alert, AlertSender, emergency_alert
+from lmnh.services.reject_log import RejectLog
+from lmnh.settings import PipelineSettings, read_settings
 from s3_metadata import METADATA_ERRORS, Exhibition, load_exhibitions, s3_client
-from settings import PipelineSettings, read_settings
 
 log = logging.getLogger("pipeline")
 SWITCH_INTERVAL_S = 0.0002  # see tune_interpreter
@@ -67,7 +67,8 @@ KAFKA_CLOSE_BOUND_S = 5.0
 KAFKA_LOG_LEVEL = 2
 # The database's schema or clock is not this release's: a restart cannot fix it, migrate.py can.
 EXIT_SCHEMA = 3
-JUDGING_PY = Path(__file__).resolve().with_name("judging.py")
+# The folder that holds the lmnh package: the judging process imports it from there.
+PACKAGE_HOME = Path(judging.__file__).resolve().parents[2]
 # Batches handed to the judging process beyond the one whose result is awaited, when behind:
 # one keeps it busy while this process passes the batch before on to be written.
 JUDGING_AHEAD = 1
@@ -146,8 +147,10 @@ class JudgingProcess:
     """
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, str(JUDGING_PY)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        path = os.pathsep.join(filter(None, (str(PACKAGE_HOME), os.environ.get("PYTHONPATH"))))
+        self.process = subprocess.Popen([sys.executable, "-m", "lmnh.core.judging"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        env=os.environ | {"PYTHONPATH": path})
         self.jobs = Connection(os.dup(self.process.stdin.fileno()), readable=False)
         results = Connection(os.dup(self.process.stdout.fileno()), writable=False)
         self.process.stdin.close()

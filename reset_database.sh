@@ -19,4 +19,4 @@ if [[ -z "$python" ]]; then
     echo "configuration error: no Python: create .venv (README)" >&2
     exit 2
 fi
-exec "$python" "$here/reset_database.py" "$@"
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m lmnh.apps.reset_database "$@"

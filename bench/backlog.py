@@ -17,7 +17,7 @@ from typing import Self
 
 from bench.pipeline_process import PipelineProcess
 from bench.services import ROOT, SITES, STARTS, BenchError, Stage
-from kiosk_simulator import SimConfig, generate, latest_start, produce
+from lmnh.local.kiosk_simulator import SimConfig, generate, latest_start, produce
 from validation import Rating, Rejection, Request, Rules, Verdict, validate
 
 SEED = 6

@@ -24,8 +24,8 @@ from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_CREATE_TIME, Consumer, T
 from bench.backlog import Backlog, check_exact
 from bench.pipeline_process import PipelineProcess
 from bench.services import BenchError, Stage
-from kiosk_simulator import produce
-from settings import PipelineSettings as Settings
+from lmnh.local.kiosk_simulator import produce
+from lmnh.settings import PipelineSettings as Settings
 
 START_TIMEOUT_S = 120
 CATCH_UP_TIMEOUT_S = 60

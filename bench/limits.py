@@ -25,12 +25,12 @@ import psycopg2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 import db
-import judging
 from bench.backlog import Backlog
 from bench.services import SITES, STARTS, BenchError, Stage
-from rows import interaction_rows
+from lmnh.core import judging
+from lmnh.core.rows import interaction_rows
+from lmnh.settings import PipelineSettings
 from s3_metadata import Exhibition
-from settings import PipelineSettings
 from validation import Rating, Rejection, Rules
 
 REJECT_LOG_MAX_VALUE_BYTES = PipelineSettings.model_fields["REJECT_LOG_MAX_VALUE_BYTES"].default

@@ -41,7 +41,7 @@ from bench.baseline import run_baseline
 from bench.latency import LatencyResult, run_latency
 from bench.limits import consume_limit, copy_limit, write_limit
 from bench.services import DATABASES, TUNABLES, BenchError, Services, running_services
-from settings import PipelineSettings as Settings
+from lmnh.settings import PipelineSettings as Settings
 
 MIXES = ("sim", "real")
 FULL = {"messages": 140_000, "runs": 3, "latency_seconds": 10.0, "db": "all", "mix": "all"}

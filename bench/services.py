@@ -24,8 +24,8 @@ import psycopg2
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 import db
-import embedded
-from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
+from lmnh.local import embedded
+from lmnh.local.embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
 from s3_metadata import Exhibition, load_exhibitions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,9 +40,9 @@ import psycopg2.extensions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import dashboard
 import db
-from embedded import PG_SUPERUSER, EmbeddedPostgres, free_port
+from lmnh.apps import dashboard
+from lmnh.local.embedded import PG_SUPERUSER, EmbeddedPostgres, free_port
 from s3_metadata import Exhibition
 
 ROOT = Path(__file__).resolve().parents[1]

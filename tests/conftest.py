@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import db
-from embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
+from lmnh.local.embedded import EmbeddedPostgres, MockKafka, MotoS3, free_port, topic_partitions
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_pipeline import all_committed
 
-import alerts
 import db
-from alerts import AlertSender, emergency_alert
-from embedded import MotoS3, free_port
+from lmnh.local.embedded import MotoS3, free_port
+from lmnh.services import alerts
+from lmnh.services.alerts import AlertSender, emergency_alert
 from s3_metadata import Exhibition
 from validation import Rating, Request, Rules, validate
 

@@ -17,10 +17,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import ROOT, SHARED_S3, Database, unique, wait_until
 
-import backfill
 import db
-from embedded import MotoS3, free_port
-from reject_log import RejectLog
+from lmnh.apps import backfill
+from lmnh.local.embedded import MotoS3, free_port
+from lmnh.services.reject_log import RejectLog
 from s3_metadata import load_exhibitions
 from validation import Reason, Rejection, Request, Rules, Verdict, localize, validate
 
@@ -125,7 +125,7 @@ def command_env(database: Database, moto_s3: MotoS3, bucket: str, reject_log: Pa
 
 
 def run_command(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "backfill.py")], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "lmnh.apps.backfill"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -457,7 +457,7 @@ def test_a_rerun_after_a_kill_9_mid_file_stores_each_line_once(
         return int(database.scalar("SELECT (SELECT count(*) FROM rating_interaction)"
                                    " + (SELECT count(*) FROM request_interaction)"))
 
-    killed = subprocess.Popen([sys.executable, str(ROOT / "backfill.py")], cwd=ROOT, env=env,
+    killed = subprocess.Popen([sys.executable, "-m", "lmnh.apps.backfill"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: stored_rows() >= 1000 or killed.poll() is not None, 120,
@@ -529,7 +529,7 @@ def test_the_exit_codes_0_1_2_and_130(moto_s3: MotoS3, database: Database,
     # ignored signal stays ignored across exec; caught here, it is the default in the child.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        interrupted = subprocess.Popen([sys.executable, str(ROOT / "backfill.py")], cwd=ROOT,
+        interrupted = subprocess.Popen([sys.executable, "-m", "lmnh.apps.backfill"], cwd=ROOT,
                                        env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
     finally:

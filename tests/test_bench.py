@@ -17,7 +17,7 @@ from conftest import ROOT
 
 from bench.backlog import Tally
 from bench.services import DEBIAN_PG_BIN, DebianPostgres
-from embedded import free_port
+from lmnh.local.embedded import free_port
 
 
 def test_the_quick_benchmark_runs_and_every_phase_is_exact() -> None:

@@ -22,12 +22,12 @@ import psycopg2
 import pytest
 from conftest import ROOT, Database, wait_until
 
-import dashboard
-import dashboard_auth as auth
 import db
-from embedded import free_port
+from lmnh.apps import dashboard
+from lmnh.apps import dashboard_auth as auth
+from lmnh.local.embedded import free_port
+from lmnh.settings import DashboardSettings
 from s3_metadata import Exhibition
-from settings import DashboardSettings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -461,7 +461,7 @@ def test_every_viewer_shares_one_database_read_per_interval(
 def test_add_user_hashes_the_password_and_sign_in_checks_it(tmp_path: Path) -> None:
     users = tmp_path / "users"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "dashboard.py"), "add-user", "guard", "--roles", "security",
+        [sys.executable, "-m", "lmnh.apps.dashboard", "add-user", "guard", "--roles", "security",
          "--password-file", str(users), "--password-stdin"],
         input=PASSWORD + "\n", capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -475,7 +475,7 @@ def test_add_user_hashes_the_password_and_sign_in_checks_it(tmp_path: Path) -> N
     assert auth.check_password(entries, "nobody", PASSWORD) is None
     assert entries["curator"].roles == {"exhibitions", "admin"}
     bad_role = subprocess.run(
-        [sys.executable, str(ROOT / "dashboard.py"), "add-user", "x", "--roles", "root",
+        [sys.executable, "-m", "lmnh.apps.dashboard", "add-user", "x", "--roles", "root",
          "--password-file", str(users), "--password-stdin"],
         input=PASSWORD + "\n", capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert bad_role.returncode == 2 and "unknown role 'root'" in bad_role.stderr
@@ -503,7 +503,7 @@ def test_without_a_key_or_a_way_to_sign_in_it_refuses_to_start(
     for extra, problem in (({}, "DASHBOARD_SECRET_KEY is required"),
                            ({"DASHBOARD_SECRET_KEY": SECRET_KEY}, "set DASHBOARD_PASSWORD_FILE"),
                            ({"DASHBOARD_SECRET_KEY": "short"}, "at least 32 characters")):
-        result = subprocess.run([sys.executable, str(ROOT / "dashboard.py"),
+        result = subprocess.run([sys.executable, "-m", "lmnh.apps.dashboard",
                                  "--port", str(free_port())], env=dashboard_env(database, **extra),
                                 cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and problem in result.stderr, result.stderr
@@ -521,7 +521,8 @@ def test_the_dashboard_unit_is_hardened() -> None:
     score = float(result.stdout.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0])
     assert score <= 2.0, result.stdout
     text = unit.read_text()
-    assert "--bind 127.0.0.1:" in text and "--workers 1" in text and "dashboard:wsgi()" in text
+    assert "--bind 127.0.0.1:" in text and "--workers 1" in text
+    assert "lmnh.apps.dashboard:wsgi()" in text
 
 
 def responds(url: str) -> bool:
@@ -554,7 +555,7 @@ def gunicorn(env: dict[str, str], cwd: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-               "--threads", "4", "--pythonpath", str(ROOT), "dashboard:wsgi()"]
+               "--threads", "4", "--pythonpath", str(ROOT), "lmnh.apps.dashboard:wsgi()"]
     with served(command, env, cwd, url) as log_path:
         yield url, log_path
 
@@ -793,7 +794,7 @@ def test_with_the_database_away_the_page_says_stale_since_and_nothing_else(
     database, _ = stored
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, str(ROOT / "dashboard.py"), "--port", str(port),
+    command = [sys.executable, "-m", "lmnh.apps.dashboard", "--port", str(port),
                "--allow-anonymous"]
     with served(command, dashboard_env(database), tmp_path, url) as log_path, \
             sync_playwright() as playwright:
@@ -920,7 +921,7 @@ def test_oidc_sign_in_maps_the_providers_groups_to_roles(stored: tuple[Database,
                             DASHBOARD_GROUP_SECURITY=GUARDS_GROUP)
         command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
                    "--workers", "1", "--threads", "4", "--pythonpath", str(ROOT),
-                   "dashboard:wsgi()"]
+                   "lmnh.apps.dashboard:wsgi()"]
         with served(command, env, tmp_path, url) as log_path, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
                                                  args=CHROMIUM_FLAGS)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from embedded import PG_SYSTEM_USER, EmbeddedPostgres, MotoS3, free_port
+from lmnh.local.embedded import PG_SYSTEM_USER, EmbeddedPostgres, MotoS3, free_port
 
 
 def certificate(subject: str, issuer_key: ec.EllipticCurvePrivateKey | None = None,

@@ -24,7 +24,7 @@ import pytest
 from conftest import ROOT, Database, PgServer, unique
 
 import db
-from embedded import psql_path
+from lmnh.local.embedded import psql_path
 
 READER_PASSWORD = "reader-secret"
 WRITER_PASSWORD = "writer-secret"

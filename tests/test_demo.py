@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 from conftest import ROOT, wait_until
 
-from embedded import EmbeddedPostgres, free_port
+from lmnh.local.embedded import EmbeddedPostgres, free_port
 
 
 @pytest.mark.slow
@@ -27,7 +27,7 @@ def test_the_demo_runs_and_its_report_matches_the_database(tmp_path: Path) -> No
     port = str(free_port())
     where = ["--data-dir", str(tmp_path / "demo"), "--pg-port", port]
     try:
-        result = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--duration", "8",
+        result = subprocess.run([sys.executable, "-m", "lmnh.local.demo", "--duration", "8",
                                  "--rate", "40", "--seed", "7", *where],
                                 cwd=ROOT, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -63,7 +63,7 @@ def test_the_demo_runs_and_its_report_matches_the_database(tmp_path: Path) -> No
         assert total_shown == len(log_lines) > 0
         assert f"-p {port} -U postgres lmnh_demo" in out
     finally:
-        subprocess.run([sys.executable, str(ROOT / "demo.py"), "--stop-db", *where], cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "lmnh.local.demo", "--stop-db", *where], cwd=ROOT,
                        timeout=60, check=True)
         EmbeddedPostgres(tmp_path / "demo" / "pg", int(port)).remove()  # as root: in /tmp
 
@@ -155,7 +155,7 @@ def test_ctrl_c_in_a_terminal_stops_the_demo_cleanly_and_the_rows_are_what_the_k
     port = str(free_port())
     record = tmp_path / "presses.jsonl"
     where = ["--data-dir", str(tmp_path / "demo"), "--pg-port", port]
-    demo = [sys.executable, str(ROOT / "demo.py"), "--rate", "40", "--seed", "11",
+    demo = [sys.executable, "-m", "lmnh.local.demo", "--rate", "40", "--seed", "11",
             "--dashboard-port", str(free_port()), "--record", str(record), *where]
     dev = f"import os, sys, dev; sys.exit(dev.run({demo!r}, dict(os.environ)))"
     terminal = Terminal()
@@ -229,7 +229,7 @@ def test_ctrl_c_in_a_terminal_stops_the_demo_cleanly_and_the_rows_are_what_the_k
         for pid, since in started:  # after a failure, leave nothing behind
             if _alive((pid, since)):
                 os.kill(pid, signal.SIGKILL)
-        subprocess.run([sys.executable, str(ROOT / "demo.py"), "--stop-db", *where], cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "lmnh.local.demo", "--stop-db", *where], cwd=ROOT,
                        timeout=60, check=True)
         EmbeddedPostgres(tmp_path / "demo" / "pg", int(port)).remove()  # as root: in /tmp
 

@@ -7,7 +7,7 @@ import re
 
 from conftest import ROOT
 
-from settings import PipelineSettings as Settings
+from lmnh.settings import PipelineSettings as Settings
 
 UNIT = ROOT / "deploy" / "lmnh-pipeline.service"
 LOGROTATE = ROOT / "deploy" / "lmnh-pipeline.logrotate"

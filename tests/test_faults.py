@@ -28,8 +28,8 @@ from test_pipeline import (
 
 import db
 import pipeline
-from embedded import MockKafka, MotoS3, free_port
-from settings import PipelineSettings, read_settings
+from lmnh.local.embedded import MockKafka, MotoS3, free_port
+from lmnh.settings import PipelineSettings, read_settings
 
 VALID = b'{"at": "2026-02-24T12:00:00+00:00", "site": "3", "val": 4}'
 NEW_EXHIBITION = {

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from test_pipeline import all_committed, assert_tables_hold, intended_rows, simulated_presses
 from test_validation import PROPERTY_NOW, PROPERTY_RULES, general_path, kiosk_messages
 
-import judging
-from reject_log import format_reject_lines
-from rows import Interaction, Rejected, interaction_rows, rejected_rows
+from lmnh.core import judging
+from lmnh.core.rows import Interaction, Rejected, interaction_rows, rejected_rows
+from lmnh.services.reject_log import format_reject_lines
 from validation import Rating, Rejection, Rules, validate_all
 
 NOW = datetime.now(UTC)
@@ -113,7 +113,7 @@ def test_presses_near_the_future_bound_over_a_moving_clock() -> None:
 def judging_child(pipeline_pid: int) -> int:
     children = Path(f"/proc/{pipeline_pid}/task/{pipeline_pid}/children").read_text().split()
     commands = {int(pid): Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}
-    found = [pid for pid, command in commands.items() if command.endswith(b"judging.py\0")]
+    found = [pid for pid, command in commands.items() if command.endswith(b"lmnh.core.judging\0")]
     assert len(found) == 1, commands
     return found[0]
 

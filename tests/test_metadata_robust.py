@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from test_faults import at_site
 
 import db
-from embedded import MotoS3
+from lmnh.local.embedded import MotoS3
 from s3_metadata import FIELDS, MetadataError, exhibitions_from_files, load_exhibitions
 
 GOOD = {"EXHIBITION_NAME": "Mammoths", "EXHIBITION_ID": "EXH_06", "FLOOR": "2",

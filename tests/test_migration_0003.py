@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import psycopg2
-from conftest import ROOT, Database
+from conftest import Database
 
 import db
 from s3_metadata import Exhibition
@@ -27,8 +27,8 @@ def test_migration_0003_upgrades_in_place(database: Database) -> None:
         cur.execute("INSERT INTO rejected_message VALUES ('invalid_val', %s, 'lmnh', 1, 12)",
                     (AT,))
     with conn, conn.cursor() as cur:
-        cur.execute((ROOT / "migrations" / "0003_alert_outbox_and_verdicts.sql").read_text())
-        cur.execute((ROOT / "schema_views.sql").read_text())
+        cur.execute((db.MIGRATIONS / "0003_alert_outbox_and_verdicts.sql").read_text())
+        cur.execute(db.SCHEMA_FILES[1].read_text())
     conn.close()
 
     assert database.query("SELECT source, source_partition, next_offset FROM source_progress"

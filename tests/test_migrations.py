@@ -15,7 +15,7 @@ from test_backfill import new_bucket
 from test_pipeline import row_count, simulated_presses
 
 import db
-from embedded import MotoS3, free_port
+from lmnh.local.embedded import MotoS3, free_port
 
 RELEASE_1 = Path(__file__).parent / "fixtures" / "schema_release_1.sql"
 
@@ -116,7 +116,7 @@ def migrate(database: Database, *args: str,
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")} | database.env()
     env |= {"DATABASE_ADMIN_USERNAME": env.pop("DATABASE_USERNAME"),  # the server's superuser
             "PGPASSWORD": env.pop("DATABASE_PASSWORD")}
-    return subprocess.run([sys.executable, str(ROOT / "migrate.py"), *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "lmnh.apps.migrate", *args], cwd=ROOT,
                           env=env | (extra or {}), capture_output=True, text=True, timeout=120)
 
 
@@ -213,9 +213,9 @@ def test_the_backfill_and_the_dashboard_refuse_an_older_schema_with_one_line(
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
     env = keep | old.env() | moto_s3.env(new_bucket(moto_s3, {})) | {
         "REJECT_LOG": str(tmp_path / "rejects.log")}
-    commands = (["backfill.py"], ["dashboard.py", "--port", str(free_port())])
+    commands = (["lmnh.apps.backfill"], ["lmnh.apps.dashboard", "--port", str(free_port())])
     for command in commands:
-        result = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]],
+        result = subprocess.run([sys.executable, "-m", *command],
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         output = result.stdout + result.stderr
         errors = [line for line in output.splitlines() if " ERROR " in line]
@@ -227,7 +227,7 @@ def test_the_backfill_and_the_dashboard_refuse_an_older_schema_with_one_line(
 def test_migrate_needs_an_administrator_role(pg_server: PgServer) -> None:
     database = release_1_database(pg_server)
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")} | database.env()
-    result = subprocess.run([sys.executable, str(ROOT / "migrate.py")], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "lmnh.apps.migrate"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and "--admin-user" in result.stderr

@@ -18,7 +18,7 @@ from conftest import ROOT, Broker, Database
 from test_pipeline import reset
 
 import db
-from settings import PipelineSettings
+from lmnh.settings import PipelineSettings
 from validation import Rating, Rejection, validate
 
 KOLKATA = "Asia/Kolkata"
@@ -108,7 +108,7 @@ def test_migrate_writes_a_changed_clock_and_recounts_the_rollups(database: Datab
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")} | database.env()
     env["DATABASE_ADMIN_USERNAME"] = env["DATABASE_USERNAME"]  # the server's superuser
     result = subprocess.run(
-        [sys.executable, str(ROOT / "migrate.py")], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "lmnh.apps.migrate"], cwd=ROOT, capture_output=True, text=True,
         env=env | {"MUSEUM_TIMEZONE": KOLKATA, "OPENING_TIME": "09:30", "CLOSING_TIME": "17:00"},
         timeout=60)
     assert result.returncode == 0, result.stderr

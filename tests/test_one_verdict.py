@@ -16,7 +16,7 @@ from test_faults import NEW_EXHIBITION
 from test_pipeline import all_committed
 
 import db
-from embedded import MotoS3
+from lmnh.local.embedded import MotoS3
 from s3_metadata import Exhibition
 
 AT = datetime(2026, 7, 15, 11, 0, tzinfo=UTC)

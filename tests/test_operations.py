@@ -22,7 +22,7 @@ from test_pipeline import (
     simulated_presses,
 )
 
-from embedded import MockKafka, free_port
+from lmnh.local.embedded import MockKafka, free_port
 
 VALID = b'{"at": "2026-02-24T12:00:00+00:00", "site": "3", "val": 4}'
 

@@ -24,8 +24,8 @@ from conftest import (
     wait_until,
 )
 
-import kiosk_simulator
-from embedded import MotoS3, psql_path
+from lmnh.local import kiosk_simulator
+from lmnh.local.embedded import MotoS3, psql_path
 from validation import Rating, Rejection, Request, Rules, validate
 
 RATINGS_TOTAL = 4003

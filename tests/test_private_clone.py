@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-import embedded
-from embedded import EmbeddedPostgres, free_port
+from lmnh.local import embedded
+from lmnh.local.embedded import EmbeddedPostgres, free_port
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,
@@ -63,7 +63,7 @@ def modes_now(modes: dict[Path, int]) -> dict[Path, int]:
 def test_embedded_postgres_from_a_clone_in_a_private_home(home: Path) -> None:
     clone, site, modes = private_clone(home)
     script = (
-        "import embedded, psycopg2, sys\n"
+        "from lmnh.local import embedded\nimport psycopg2, sys\n"
         f"assert embedded._pg_bin().is_relative_to({str(site)!r}), embedded._pg_bin()\n"
         f"server = embedded.EmbeddedPostgres(embedded.Path('.local/pg'), {free_port()})\n"
         "try:\n"
@@ -89,8 +89,8 @@ def test_the_demo_from_a_clone_in_a_private_home(home: Path) -> None:
     port = free_port()
     server = EmbeddedPostgres(clone / ".local" / "demo" / "pg", port)
     try:
-        result = run_in(clone, site, "demo.py", "--duration", "5", "--pg-port", str(port),
-                        timeout=240)
+        result = run_in(clone, site, "-m", "lmnh.local.demo", "--duration", "5", "--pg-port",
+                        str(port), timeout=240)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert "stopped cleanly" in result.stdout and "Traceback" not in result.stderr
         assert f"data in {server.cluster_dir}" in result.stdout

@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 from conftest import ROOT, Database, PgServer, unique
 
-from embedded import psql_path
+from lmnh.local.embedded import psql_path
 
 
 def run_reset(cwd: Path, env: dict[str, str], *args: str,

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from conftest import unique
 
-from embedded import MotoS3
+from lmnh.local.embedded import MotoS3
 from s3_metadata import (
     Exhibition,
     MetadataError,

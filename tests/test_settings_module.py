@@ -13,11 +13,12 @@ import pytest
 from conftest import ROOT, Database
 from test_backfill import new_bucket
 
-from embedded import MotoS3
-from settings import DashboardSettings, MigrateSettings, PipelineSettings
+from lmnh.local.embedded import MotoS3
+from lmnh.settings import DashboardSettings, MigrateSettings, PipelineSettings
 
-ENTRY_POINTS = ("pipeline.py", "backfill.py", "dashboard.py", "demo.py", "migrate.py",
-                "reset_database.py", "tableau_workbook.py")
+ENTRY_POINTS = ("pipeline.py", "lmnh/apps/backfill.py", "lmnh/apps/dashboard.py",
+                "lmnh/local/demo.py", "lmnh/apps/migrate.py", "lmnh/apps/reset_database.py",
+                "lmnh/apps/tableau_workbook.py")
 DATABASE = {"DATABASE_NAME": "museum", "DATABASE_USERNAME": "lmnh_writer",
             "DATABASE_IP": "127.0.0.1"}
 KAFKA = {"BOOTSTRAP_SERVERS": "127.0.0.1:9092", "GROUP": "g", "TOPIC": "lmnh"}
@@ -37,7 +38,7 @@ def test_the_backfill_runs_with_no_kafka_settings(moto_s3: MotoS3, database: Dat
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
     env = keep | database.env() | moto_s3.env(bucket) | {"REJECT_LOG": str(tmp_path / "r.log")}
     assert not any(name in env for name in (*KAFKA, "SECURITY_PROTOCOL", "USERNAME"))
-    result = subprocess.run([sys.executable, str(ROOT / "backfill.py")], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "lmnh.apps.backfill"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "backfill: total (" in result.stdout
@@ -68,14 +69,16 @@ def test_the_dashboard_needs_only_the_database_settings(
 
 
 def test_no_entry_point_imports_another() -> None:
-    modules = {name.removesuffix(".py") for name in ENTRY_POINTS}
+    modules = {name.removesuffix(".py").replace("/", ".") for name in ENTRY_POINTS}
     for name in ENTRY_POINTS:
         tree = ast.parse((ROOT / name).read_text())
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+        imported = {alias.name for node in ast.walk(tree)
                     if isinstance(node, ast.Import) for alias in node.names}
-        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+        imported |= {f"{node.module}.{alias.name}" for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and node.module}
-        assert not imported & (modules - {name.removesuffix(".py")}), name
+        assert not imported & (modules - {name.removesuffix(".py").replace("/", ".")}), name
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)
@@ -85,8 +88,8 @@ def test_an_older_python_gets_one_line(name: str) -> None:
     source = (ROOT / name).read_text()
     tree = ast.parse(source, feature_version=(3, 8))
     first_imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
-    assert isinstance(first_imports[1], ast.Import)
-    assert first_imports[1].names[0].name == "requires_python"  # right after __future__
+    assert isinstance(first_imports[1], ast.ImportFrom)  # right after __future__
+    assert (first_imports[1].module, first_imports[1].names[0].name) == ("lmnh", "requires_python")
     fake_39 = ("import runpy, sys; sys.version_info = (3, 9, 18, 'final', 0);"
                f" runpy.run_path({str(ROOT / name)!r}, run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", fake_39], cwd=ROOT, capture_output=True,

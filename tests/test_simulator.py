@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from kiosk_simulator import (
+from lmnh.local.kiosk_simulator import (
     VALID,
     Kind,
     Press,

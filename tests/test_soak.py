@@ -15,7 +15,7 @@ import pytest
 from conftest import Broker, Database, wait_until
 from test_pipeline import all_committed, assert_tables_hold, recorded_rows
 
-import kiosk_simulator
+from lmnh.local import kiosk_simulator
 
 RATE = 500
 WARM_UP_S = 60

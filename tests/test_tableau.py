@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, SHARED, Database
 
 import db
-import tableau_workbook
+from lmnh.apps import tableau_workbook
 from s3_metadata import Exhibition
 
 WORKBOOK = ROOT / "tableau" / "lmnh_kiosks.twb"
@@ -112,7 +112,7 @@ def test_from_settings_points_a_copy_at_the_database_as_the_reader_without_a_pas
            "DATABASE_NAME": "kiosks", "DATABASE_USERNAME": "lmnh_writer",
            "DATABASE_PASSWORD": "s3cret-never-written"}
     # From an empty folder: no developer's .env is read, the environment alone decides.
-    result = subprocess.run([sys.executable, str(ROOT / "tableau_workbook.py"),
+    result = subprocess.run([sys.executable, "-m", "lmnh.apps.tableau_workbook",
                              "--from-settings", "-o", str(output)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -133,7 +133,7 @@ def test_from_settings_points_a_copy_at_the_database_as_the_reader_without_a_pas
 
 def test_every_relation_names_a_view_that_schema_views_creates(
         workbook: ET.Element, database: Database) -> None:
-    created = set(re.findall(r"CREATE VIEW (\w+)", (ROOT / "schema_views.sql").read_text()))
+    created = set(re.findall(r"CREATE VIEW (\w+)", db.SCHEMA_FILES[1].read_text()))
     tables = set(re.findall(r"CREATE TABLE (\w+)", (ROOT / "schema.sql").read_text()))
     for source in sources(workbook).values():
         assert source.find("connection").get("class") == "federated"

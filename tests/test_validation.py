@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from settings import MuseumEnvironment
+from lmnh.settings import MuseumEnvironment
 from validation import (
     _KIOSK_FORM,
     REQUIRED_KEYS,

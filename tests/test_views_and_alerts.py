@@ -14,10 +14,10 @@ from conftest import Broker, Database, unique, wait_until
 from test_pipeline import all_committed
 
 import db
-from alerts import emergency_alert
-from embedded import MotoS3
+from lmnh.local.embedded import MotoS3
+from lmnh.services.alerts import emergency_alert
+from lmnh.settings import DatabaseEnvironment, read_settings
 from s3_metadata import Exhibition
-from settings import DatabaseEnvironment, read_settings
 
 EXHIBITION = Exhibition(3, "EXH_03", "Cetacean Sensations", "1", "Zoology", date(2019, 7, 1),
                         "Whales.")

@@ -10,7 +10,7 @@ administrator's password comes from PGPASSWORD or ~/.pgpass, never from DATABASE
 
 from __future__ import annotations
 
-import requires_python  # noqa: F401 - first: an older Python gets one line
+from lmnh import requires_python  # noqa: F401 - first: an older Python gets one line
 
 # isort: split
 import argparse
@@ -18,12 +18,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import db
-from settings import EXIT_CONFIG, ResetSettings, read_settings
+from lmnh.settings import EXIT_CONFIG, ResetSettings, read_settings
 
-HERE = Path(__file__).resolve().parent
 # libpq variables this script decides; the operator's own ones (PGPASSWORD, PGPASSFILE...) pass.
 CLOCK_SQL = ("UPDATE public.museum_settings SET time_zone = :'zone', opening_time = :'opens',"
              " closing_time = :'closes';\n")
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"resetting database {settings.DATABASE_NAME} on {settings.DATABASE_IP}:"
           f"{settings.DATABASE_PORT} as {admin_user}", flush=True)
     clock = settings.clock()
-    tables, views = (str(HERE / name) for name in db.SCHEMA_FILES)
+    tables, views = (str(path) for path in db.SCHEMA_FILES)
     done = subprocess.run(
         [psql, "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", "--single-transaction",
          "-v", f"zone={clock.zone}", "-v", f"opens={clock.opens}", "-v", f"closes={clock.closes}",
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if done.returncode != 0:
         print("reset failed: nothing was changed", file=sys.stderr)
         return done.returncode
-    print(f"done: {' and '.join(db.SCHEMA_FILES)} applied")
+    print(f"done: {' and '.join(path.name for path in db.SCHEMA_FILES)} applied")
     return 0
 
 

@@ -19,7 +19,7 @@ description instead, so the same description always gives the same file.
 
 from __future__ import annotations
 
-import requires_python  # noqa: F401 - first: an older Python gets one line
+from lmnh import requires_python  # noqa: F401 - first: an older Python gets one line
 
 # isort: split
 import argparse
@@ -30,9 +30,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from settings import DatabaseEnvironment, read_settings
+from lmnh.settings import DatabaseEnvironment, read_settings
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKBOOK = ROOT / "tableau" / "lmnh_kiosks.twb"
 USER_NS = "http://www.tableausoftware.com/xml/user"
 READER_ROLE = "lmnh_reader"

@@ -10,7 +10,7 @@ number), so running it again, or after it was killed, never stores a line twice.
 
 from __future__ import annotations
 
-import requires_python  # noqa: F401 - first: an older Python gets one line
+from lmnh import requires_python  # noqa: F401 - first: an older Python gets one line
 
 # isort: split
 import argparse
@@ -31,9 +31,9 @@ import psycopg2
 
 import db
 import validation
-from reject_log import RejectLog, format_reject_line
+from lmnh.services.reject_log import RejectLog, format_reject_line
+from lmnh.settings import BackfillSettings, read_settings
 from s3_metadata import METADATA_ERRORS, load_exhibitions, s3_client
-from settings import BackfillSettings, read_settings
 from validation import Rating, Reason, Rejection, Rules, Verdict
 
 log = logging.getLogger("backfill")

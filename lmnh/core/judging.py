@@ -21,8 +21,16 @@ from multiprocessing.connection import Connection
 from typing import NamedTuple
 
 import validation
-from reject_log import format_reject_lines
-from rows import CopyRows, Interaction, Origin, Partition, Rejected, press_rows, rejected_rows
+from lmnh.core.rows import (
+    CopyRows,
+    Interaction,
+    Origin,
+    Partition,
+    Rejected,
+    press_rows,
+    rejected_rows,
+)
+from lmnh.services.reject_log import format_reject_lines
 from validation import Rating, Rejection, Request, Rules
 
 JOB_GC_THRESHOLD = 100_000  # more objects than a batch of 5,000 messages keeps alive

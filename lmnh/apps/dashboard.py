@@ -1,7 +1,7 @@
 """The LMNH live dashboard: emergencies, ratings, requests, trends and rejects, behind a login.
 
-Served by gunicorn (`gunicorn 'dashboard:wsgi()'`, deploy/lmnh-dashboard.service) behind a TLS
-reverse proxy; `python dashboard.py` runs it on 127.0.0.1 only, for a desk or the demo
+Served by gunicorn (`gunicorn 'lmnh.apps.dashboard:wsgi()'`, deploy/lmnh-dashboard.service)
+behind a TLS reverse proxy; `python dashboard.py` runs it on 127.0.0.1 only, for a desk or the demo
 (`--allow-anonymous` skips the sign-in there). `python dashboard.py add-user NAME --roles ...
 --password-file FILE` adds a user to the password file. Configured by the DATABASE_* and
 DASHBOARD_* settings (the environment, then `.env`). It reads only the views of schema.sql, in
@@ -16,7 +16,7 @@ callback checks the role of its panel. "Today" is the museum's date (`museum_zon
 
 from __future__ import annotations
 
-import requires_python  # noqa: F401 - first: an older Python gets one line
+from lmnh import requires_python  # noqa: F401 - first: an older Python gets one line
 
 # isort: split
 import argparse
@@ -44,9 +44,9 @@ from psycopg2.extensions import ISOLATION_LEVEL_REPEATABLE_READ
 from psycopg2.extensions import connection as Connection
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-import dashboard_auth as auth
 import db
-from settings import EXIT_CONFIG, DashboardSettings, MuseumEnvironment, read_settings
+from lmnh.apps import dashboard_auth as auth
+from lmnh.settings import EXIT_CONFIG, DashboardSettings, MuseumEnvironment, read_settings
 
 log = logging.getLogger("dashboard")
 STATEMENT_TIMEOUT_MS = 5_000
@@ -793,7 +793,7 @@ def configure_logging() -> None:
 
 
 def wsgi() -> Any:
-    """For gunicorn (`gunicorn 'dashboard:wsgi()'`): sign-in always required.
+    """For gunicorn (`gunicorn 'lmnh.apps.dashboard:wsgi()'`): sign-in always required.
 
     Behind the reverse proxy on this host, whose X-Forwarded-* headers give the client's address
     and the https scheme (for the OIDC redirect and the session's client check).

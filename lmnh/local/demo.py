@@ -10,7 +10,7 @@ seconds, it stops everything cleanly and prints a report read back from the data
 
 from __future__ import annotations
 
-import requires_python  # noqa: F401 - first: an older Python gets one line
+from lmnh import requires_python  # noqa: F401 - first: an older Python gets one line
 
 # isort: split
 import argparse
@@ -31,8 +31,8 @@ import psycopg2
 from confluent_kafka import Consumer, TopicPartition
 
 import db
-import kiosk_simulator
-from embedded import (
+from lmnh.local import kiosk_simulator
+from lmnh.local.embedded import (
     EmbeddedPostgres,
     MockKafka,
     MotoS3,
@@ -41,7 +41,7 @@ from embedded import (
     topic_partitions,
 )
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_METADATA = ROOT / "sample_metadata"
 DATABASE = "lmnh_demo"
 BUCKET = "lmnh-demo-bucket"
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         with dashboard_log.open("ab") as log:
             dashboard = subprocess.Popen(
                 # No sign-in: the demo's dashboard listens on 127.0.0.1 only, on sample data.
-                [sys.executable, str(ROOT / "dashboard.py"), "--port", str(dashboard_port),
+                [sys.executable, "-m", "lmnh.apps.dashboard", "--port", str(dashboard_port),
                  "--allow-anonymous"],
                 cwd=args.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)

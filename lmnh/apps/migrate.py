@@ -13,7 +13,7 @@ clock, if its settings changed. `--status` only says what it would do.
 
 from __future__ import annotations
 
-import requires_python  # noqa: F401 - first: an older Python gets one line
+from lmnh import requires_python  # noqa: F401 - first: an older Python gets one line
 
 # isort: split
 import argparse
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import psycopg2
 
 import db
-from settings import EXIT_CONFIG, MigrateSettings, read_settings
+from lmnh.settings import EXIT_CONFIG, MigrateSettings, read_settings
 
 
 def _one_line(error: BaseException) -> str:

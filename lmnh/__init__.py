@@ -1,0 +1,1 @@
+"""The LMNH kiosk pipeline's package (README "What is in the repository")."""

@@ -1,0 +1,1 @@
+"""Entry points besides pipeline.py: each imports only the core and the services."""

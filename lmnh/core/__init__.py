@@ -1,0 +1,1 @@
+"""The pure core: no I/O, no service; what the daemon judges and encodes."""

@@ -1,0 +1,1 @@
+"""Local stand-ins for the museum's services: embedded servers, simulator, demo."""

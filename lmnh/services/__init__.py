@@ -1,0 +1,1 @@
+"""Adapters: each module speaks to one outside service (SNS, HTTP, a file)."""
