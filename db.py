@@ -49,6 +49,7 @@ MIGRATE_COMMAND = "python migrate.py"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # The errors after which a new connection may succeed: server gone, restarted, failed over.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+Error = psycopg2.Error  # any error the database or the driver raises
 EMERGENCY = 1
 
 

@@ -9,6 +9,7 @@ setting (`SASL_MECHANISM=`) counts as not set. Errors name the setting, never it
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
@@ -113,6 +114,11 @@ class KafkaEnvironment(_Environment):
     TOPIC: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     KAFKA_SESSION_TIMEOUT_MS: int = Field(45_000, ge=1_000)
     KAFKA_FETCH_WAIT_MAX_MS: int = Field(50, ge=1, le=10_000)
+    # Static group membership (KIP-345): a restart within the session timeout takes its
+    # partitions back at once. One per host by default; `off` for dynamic membership.
+    GROUP_INSTANCE_ID: str = Field(
+        default_factory=lambda: f"lmnh-pipeline@{socket.gethostname()}", min_length=1,
+        max_length=249)
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaEnvironment:
@@ -128,6 +134,8 @@ class KafkaEnvironment(_Environment):
             "auto.offset.reset": self.AUTO_OFFSET,
             "enable.auto.commit": False,
             "session.timeout.ms": self.KAFKA_SESSION_TIMEOUT_MS,
+            **({} if self.GROUP_INSTANCE_ID.lower() == "off"
+               else {"group.instance.id": self.GROUP_INSTANCE_ID}),
             # How long the broker may hold an empty fetch: bounds the latency of a quiet topic.
             "fetch.wait.max.ms": self.KAFKA_FETCH_WAIT_MAX_MS,
             # Prefetch a few batches per partition, not the whole backlog (the default is

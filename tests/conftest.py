@@ -325,6 +325,9 @@ def pipeline_env(database: Database, broker: Broker, moto_s3: MotoS3, bucket: st
         "STATS_INTERVAL_S": "1",
         # A process killed with -9 holds its partitions until its session times out.
         "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        # Dynamic membership, so concurrent and successive runs of a test never fence each
+        # other; the static-membership tests set their own.
+        "GROUP_INSTANCE_ID": "off",
     }
 
 

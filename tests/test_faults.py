@@ -29,7 +29,9 @@ from test_pipeline import (
 import db
 import pipeline
 from lmnh.local.embedded import MockKafka, MotoS3, free_port
+from lmnh.services.metrics import Health
 from lmnh.settings import PipelineSettings, read_settings
+from s3_metadata import load_exhibitions, s3_client
 
 VALID = b'{"at": "2026-02-24T12:00:00+00:00", "site": "3", "val": 4}'
 NEW_EXHIBITION = {
@@ -369,11 +371,13 @@ def test_a_fatal_kafka_error_exits_non_zero_with_the_reason(
     for name, value in pipeline_env.items():
         monkeypatch.setenv(name, value)
     settings = read_settings(PipelineSettings)
-    daemon = pipeline.Pipeline(settings, pipeline.load_metadata(settings), pipeline.StopFlag())
-    daemon._on_kafka_error(KafkaError(KafkaError._FATAL, "injected fencing", fatal=True))
+    exhibitions = load_exhibitions(s3_client(), settings.S3_BUCKET)
+    daemon = pipeline.Daemon(settings, exhibitions, pipeline.StopFlag(),
+                             Health(settings.HEALTH_STALL_S))
+    daemon.kafka._on_error(KafkaError(KafkaError._FATAL, "injected fencing", fatal=True))
     with caplog.at_level(logging.INFO):
         assert daemon.run() == 1
-    assert "kafka fatal error, exiting: injected fencing" in caplog.text
+    assert "kafka fatal error: injected fencing; stopping without committing" in caplog.text
     assert "stopped cleanly" in caplog.text
 
 

@@ -2,9 +2,10 @@
 
 Judging (the museum's rules, then each row's binary COPY encoding and each reject's log line)
 is the pipeline's CPU-bound work. In a process of its own it runs beside the consumer and the
-database writer instead of taking turns with them for one interpreter lock. pipeline.py starts
-it as `python judging.py`, sends each Job down its stdin and reads each JudgedBatch back from
-its stdout, in order; it exits when its stdin closes (the pipeline stopped, or died).
+database writer instead of taking turns with them for one interpreter lock. The daemon starts
+it as `python -m lmnh.core.judging` (lmnh/services/judging_process.py), sends each Job down its
+stdin and reads each JudgedBatch back from its stdout, in order; it exits when its stdin closes
+(the pipeline stopped, or died).
 
 `judge` is pure: no clock, no file, no network.
 """
