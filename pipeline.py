@@ -545,7 +545,7 @@ class Pipeline:
         try:
             result = db.write_interactions(
                 conn, batch.ratings, batch.requests, batch.rejects, outbox,
-                [db.OutboxAlert(*alert, sent_at=at) for alert, at in sent], batch.spans)
+                [db.OutboxAlert.outcome(*taken) for taken in sent], batch.spans)
         except BaseException:
             self.alerts.give_back(sent)
             raise
@@ -629,7 +629,7 @@ class Pipeline:
             if self.conn is None or self.conn.closed:
                 self.conn = db.connect(self.settings.database())
             if sent:
-                db.mark_alerts_sent(self.conn, [db.OutboxAlert(*a, sent_at=at) for a, at in sent])
+                db.mark_alerts_sent(self.conn, [db.OutboxAlert.outcome(*taken) for taken in sent])
             if not rescan:
                 return []
             return db.pending_alerts(self.conn,
