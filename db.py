@@ -85,7 +85,8 @@ REQUEST_COLUMNS = ("exhibition_id", "request_value", "event_at", "source", "sour
 
 
 class OutboxAlert(NamedTuple):
-    """An emergency's alert as the outbox holds it; sent_at is None while it is pending."""
+    """An emergency's alert as the outbox holds it: pending while sent_at and failed_at are
+    None; failed_at and failure say when and why SNS refused it for good (it is not re-sent)."""
 
     source: str
     source_partition: int
@@ -94,6 +95,19 @@ class OutboxAlert(NamedTuple):
     subject: str
     message: str
     sent_at: datetime | None = None
+    failed_at: datetime | None = None
+    failure: str | None = None
+
+    @classmethod
+    def outcome(cls, alert: Sequence[Any], at: datetime, failure: str | None = None,
+                ) -> OutboxAlert:
+        """An alert (its first six fields) SNS accepted `at`, or refused for good `at` for the
+        reason `failure`: what alerts.AlertSender.take_sent hands back, as the outbox records
+        it."""
+        fields = tuple(alert)[:6]
+        if failure is None:
+            return cls(*fields, sent_at=at)
+        return cls(*fields, failed_at=at, failure=failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,8 +441,9 @@ def write_interactions(conn: Connection, ratings: Sequence[Interaction] | CopyRo
     Ratings and rejects may come already encoded (the pipeline's judging process encodes
     them); requests come as rows, whose new emergencies the result names.
     `alerts` are the batch's emergencies' alerts: each newly stored emergency's is recorded
-    (pending unless its sent_at is set). `sent` are alerts SNS has accepted since the last
-    write, from any batch: marked sent (an alert already marked keeps its first time).
+    (pending unless its sent_at is set). `sent` are alerts SNS has accepted (or refused for
+    good: failed_at set) since the last write, from any batch: marked so (an alert already
+    marked keeps its first time).
     `spans`, each partition's (lowest offset, highest offset + 1) in the batch, saves a pass
     over the rows when the caller knows them (the daemon does; it may include partitions whose
     messages made no row).
@@ -481,7 +496,9 @@ def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, CopyRows]],
     for alert in sent:
         earlier = outbox.get(alert[:3])
         outbox[alert[:3]] = alert if earlier is None else earlier._replace(
-            sent_at=earlier.sent_at or alert.sent_at)
+            sent_at=earlier.sent_at or alert.sent_at,
+            failed_at=earlier.failed_at or alert.failed_at,
+            failure=earlier.failure or alert.failure)
     if outbox:
         _record_alerts(cur, list(outbox.values()))
     return WriteResult(written.get(RATINGS, 0), len(new_requests), new_emergencies,
@@ -549,30 +566,36 @@ def _advance_progress(cur: psycopg2.extensions.cursor,
 
 
 def _record_alerts(cur: psycopg2.extensions.cursor, alerts: list[OutboxAlert]) -> None:
-    """Insert alerts, or mark them sent; a time already recorded is never replaced."""
+    """Insert alerts, or mark them sent or failed; what is already recorded is never
+    replaced."""
     execute_values(
         cur,
         "INSERT INTO emergency_alert AS a (source, source_partition, source_offset, pressed_at,"
-        " subject, message, sent_at) VALUES %s"
+        " subject, message, sent_at, failed_at, failure) VALUES %s"
         " ON CONFLICT (source, source_partition, source_offset)"
-        " DO UPDATE SET sent_at = coalesce(a.sent_at, EXCLUDED.sent_at)",
-        sorted(alerts), template="(%s, %s, %s, %s, %s, %s, %s::timestamptz)")
+        " DO UPDATE SET sent_at = coalesce(a.sent_at, EXCLUDED.sent_at),"
+        " failed_at = coalesce(a.failed_at, EXCLUDED.failed_at),"
+        " failure = coalesce(a.failure, EXCLUDED.failure)",
+        sorted(alerts, key=lambda alert: alert[:3]),
+        template="(%s, %s, %s, %s, %s, %s, %s::timestamptz, %s::timestamptz, %s)")
 
 
 def mark_alerts_sent(conn: Connection, sent: Sequence[OutboxAlert]) -> None:
-    """Record alerts SNS accepted, outside any batch (when no batch is being written)."""
+    """Record alerts SNS accepted or refused for good, outside any batch (when no batch is
+    being written)."""
     with conn, conn.cursor() as cur:
         _record_alerts(cur, list(sent))
 
 
 def pending_alerts(conn: Connection, recorded_before: datetime | None = None,
                    ) -> list[OutboxAlert]:
-    """Alerts recorded but not sent (optionally only those recorded before a time), oldest
-    press first."""
+    """Alerts recorded, neither sent nor refused for good (optionally only those recorded
+    before a time), oldest press first."""
     with conn, conn.cursor() as cur:
         cur.execute(
             "SELECT source, source_partition, source_offset, pressed_at, subject, message,"
-            " sent_at FROM emergency_alert WHERE sent_at IS NULL"
+            " sent_at, failed_at, failure FROM emergency_alert"
+            " WHERE sent_at IS NULL AND failed_at IS NULL"
             " AND recorded_at < coalesce(%s::timestamptz, 'infinity') ORDER BY pressed_at",
             (recorded_before,))
         return [OutboxAlert._make(row) for row in cur.fetchall()]

@@ -213,7 +213,7 @@ class Alerting:
         try:
             result = db.write_interactions(
                 conn, batch.ratings, batch.requests, batch.rejects, outbox,
-                [db.OutboxAlert(*alert, sent_at=at) for alert, at in sent], batch.spans)
+                [db.OutboxAlert.outcome(*taken) for taken in sent], batch.spans)
         except BaseException:
             self.sender.give_back(sent)
             raise
@@ -242,7 +242,7 @@ class Alerting:
     def record_sent(self, conn: db.Connection) -> None:
         sent = self.sender.take_sent()
         try:
-            db.mark_alerts_sent(conn, [db.OutboxAlert(*a, sent_at=at) for a, at in sent])
+            db.mark_alerts_sent(conn, [db.OutboxAlert.outcome(*taken) for taken in sent])
         except BaseException:
             self.sender.give_back(sent)
             raise

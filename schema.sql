@@ -124,11 +124,13 @@ CREATE TABLE schema_version (
     version    INTEGER PRIMARY KEY CHECK (version >= 1),
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-INSERT INTO schema_version (version) VALUES (3);
+INSERT INTO schema_version (version) VALUES (5);
 
 -- Emergency alerts, recorded with the press (same transaction) and marked when SNS accepts the
--- message: sent_at is NULL while the alert is pending. The words are stored, so an alert sent
--- after a restart says what the first attempt would have said. Same source key as the press.
+-- message: sent_at is NULL while the alert is pending. One SNS refuses for good (a parameter it
+-- rejects) is given up: failed_at and failure say when and why, and it is not re-sent. The
+-- words are stored, so an alert sent after a restart says what the first attempt would have
+-- said. Same source key as the press.
 CREATE TABLE emergency_alert (
     source           TEXT NOT NULL,
     source_partition INTEGER NOT NULL,
@@ -138,7 +140,10 @@ CREATE TABLE emergency_alert (
     message          TEXT NOT NULL,
     recorded_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     sent_at          TIMESTAMPTZ,
-    PRIMARY KEY (source, source_partition, source_offset)
+    failed_at        TIMESTAMPTZ,
+    failure          TEXT,
+    PRIMARY KEY (source, source_partition, source_offset),
+    CONSTRAINT emergency_alert_failure_check CHECK ((failed_at IS NULL) = (failure IS NULL))
 );
 CREATE INDEX emergency_alert_pending_idx ON emergency_alert (pressed_at) WHERE sent_at IS NULL;
 

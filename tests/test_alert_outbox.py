@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import threading
 import time
 from datetime import UTC, date, datetime
 from itertools import pairwise
@@ -14,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import boto3
+import botocore.config
 import pytest
 from conftest import Broker, Database, PgServer, make_database, unique, wait_until
 from hypothesis import given, settings
@@ -248,12 +250,13 @@ def test_an_alert_pending_over_a_minute_is_an_error_once_a_minute_and_counted(
     with caplog.at_level(logging.WARNING, logger="alerts"):
         sender.submit([alert, alert])  # handed over twice, queued once
         wait_until(lambda: "alert pending for" in caplog.text, 30, "the error line")
-        assert sender.pending == 1 and sender.sent == 0 and sender.failed >= 2
+        assert sender.pending == 1 and sender.sent == 0 and sender.failed_attempts >= 2
+        assert sender.failed == 0  # no connection: retried, never given up
         sender.client = security.sns  # SNS is back
         wait_until(lambda: sender.sent == 1, 30, "the alert sent")
         sender.close(0)
     assert sender.pending == 0
-    assert [a.key for a, _ in sender.take_sent()] == [("lmnh", 0, 1)]
+    assert [(o.alert.key, o.failure) for o in sender.take_sent()] == [(("lmnh", 0, 1), None)]
     errors = [r.created for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and all(b - a >= 0.9 for a, b in pairwise(errors))
     assert len(security.receive()) == 1
@@ -271,9 +274,10 @@ def test_the_metrics_count_alerts_sent_pending_and_failed_as_sns_saw_them(
     broker.produce(away["TOPIC"], presses)
     first = run_pipeline(away, "sns-away")
     wait_until(lambda: all_committed(broker, away), 60, "every press stored")
-    wait_until(lambda: value(scrape(port), "lmnh_alerts_failed_total") >= 4, 60,
+    wait_until(lambda: value(scrape(port), "lmnh_alerts_attempts_failed_total") >= 4, 60,
                "failed attempts counted")
     stuck = scrape(port)
+    assert value(stuck, "lmnh_alerts_failed_total") == 0  # none given up: SNS is only away
     assert value(stuck, "lmnh_alerts_pending") == 4
     assert value(stuck, "lmnh_alerts_sent_total") == 0
     assert first.stop(signal.SIGTERM) == 0
@@ -286,3 +290,192 @@ def test_the_metrics_count_alerts_sent_pending_and_failed_as_sns_saw_them(
     assert value(sent, "lmnh_alerts_sent_total") == len(security.received) == 4
     assert value(sent, "lmnh_alerts_failed_total") == 0
     assert second.stop(signal.SIGTERM) == 0
+
+
+# ------------------------------------------------------------------ an alert SNS refuses for good
+
+
+def refused_for_good(press_minute: int, source: str = "lmnh") -> alerts.Alert:
+    """An alert SNS refuses whatever the retries: a 150-character subject (moto, as SNS,
+    answers InvalidParameter: "Subject must be less than 100 characters")."""
+    at = datetime.fromisoformat(f"{DAY}T11:{press_minute:02d}:00+00:00")
+    return alerts.Alert(source, 0, press_minute, at, "EMERGENCY " + "x" * 140,
+                        f"Emergency button pressed at site 3 at 11:{press_minute:02d}.")
+
+
+def test_an_alert_sns_refuses_for_good_is_given_up_and_the_next_goes_out(
+        security: Security, caplog: pytest.LogCaptureFixture) -> None:
+    sender = AlertSender(security.topic_arn, security.sns)
+    bad = refused_for_good(0)
+    later = [emergency_alert(db.Interaction(3, 1, datetime(2026, 7, 15, 12, n, tzinfo=UTC),
+                                            "lmnh", 1, n), WHALES, ZoneInfo("Europe/London"))
+             for n in range(3)]
+    with caplog.at_level(logging.INFO, logger="alerts"):
+        submitted = time.monotonic()
+        sender.submit([bad, *later])
+        wait_until(lambda: len(security.receive()) >= 3, 5, "the later alerts, within 5 s")
+        assert time.monotonic() - submitted < 5
+        wait_until(lambda: sender.pending == 0, 5, "nothing left pending")
+        sender.close(0)
+    assert (sender.sent, sender.failed, sender.failed_attempts) == (3, 1, 0)
+    outcomes = sender.take_sent()
+    assert [o.alert.key for o in outcomes] == [bad.key] + [a.key for a in later]  # press order
+    assert outcomes[0].failure is not None and "InvalidParameter" in outcomes[0].failure
+    assert all(o.failure is None for o in outcomes[1:])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and bad.subject in errors[0] and "100 characters" in errors[0]
+    assert sorted(body["Subject"] for body in security.receive(0)) == sorted(
+        a.subject for a in later)
+    assert not sender.has_unrecorded()
+    sender.submit([bad])  # handed over again (an outbox rescan): not tried again
+    assert sender.pending == 0
+
+
+class FlakySns:
+    """A real HTTP endpoint in front of moto's SNS that answers 500 InternalError to any
+    publish whose body holds `refuse` (while set), and passes everything else on."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import urllib.request
+
+        flaky = self
+        self.refuse: bytes | None = None
+        self.refused = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if flaky.refuse is not None and flaky.refuse in body:
+                    flaky.refused += 1
+                    error = (b"<ErrorResponse><Error><Type>Receiver</Type><Code>InternalError"
+                             b"</Code><Message>try again</Message></Error></ErrorResponse>")
+                    self.send_response(500)
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                forwarded = urllib.request.Request(
+                    upstream + self.path, body, method="POST",
+                    headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                with urllib.request.urlopen(forwarded) as answer:
+                    reply = answer.read()
+                    self.send_response(answer.status)
+                    for name, value in answer.headers.items():
+                        if name.lower() not in ("transfer-encoding", "connection", "server",
+                                                "date"):
+                            self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_alert_sns_keeps_failing_is_retried_without_holding_up_the_next_ones(
+        security: Security, moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SNS fails one alert again and again (500 InternalError: worth retrying): the later ones
+    go out meanwhile, each on its first attempt; the failing one is retried, not given up, and
+    goes once SNS takes it."""
+    monkeypatch.setattr(alerts, "BACKOFF_S", (0.2, 0.4))
+    flaky = FlakySns(moto_s3.endpoint)
+    try:
+        client = boto3.client("sns", endpoint_url=flaky.endpoint, region_name="eu-west-2",
+                              aws_access_key_id="testing", aws_secret_access_key="testing",
+                              config=botocore.config.Config(retries={"max_attempts": 1}))
+        sender = AlertSender(security.topic_arn, client)
+        first = refused_for_good(0)._replace(subject="EMERGENCY at EXH_03 FLAKY, 11:00:00")
+        flaky.refuse = b"FLAKY"
+        later = [first._replace(source_offset=n, subject=f"EMERGENCY at EXH_04 no {n}",
+                                pressed_at=first.pressed_at.replace(minute=n))
+                 for n in range(1, 4)]
+        sender.submit([first])
+        wait_until(lambda: flaky.refused >= 1, 5, "the first attempt refused")
+        started = time.monotonic()
+        sender.submit(later)
+        wait_until(lambda: len(security.receive()) >= 3, 5, "the later alerts")
+        assert time.monotonic() - started < 5
+        wait_until(lambda: sender.failed_attempts >= 3, 10, "the failing alert retried")
+        assert sender.pending == 1 and sender.failed == 0
+        flaky.refuse = None
+        wait_until(lambda: sender.pending == 0, 10, "the failing alert sent at last")
+        sender.close(0)
+    finally:
+        flaky.close()
+    assert (sender.sent, sender.failed) == (4, 0)
+    assert [o.alert.key for o in sender.take_sent()] == [a.key for a in later] + [first.key]
+    assert len(security.receive(1)) == 4
+
+
+def test_the_daemon_gives_up_an_alert_sns_refuses_for_good_and_sends_the_next_ones(
+        broker: Broker, database: Database, pipeline_env: dict[str, str], run_pipeline,
+        security: Security) -> None:
+    """An alert the outbox holds pending (an earlier press) that SNS refuses for good: the
+    daemon tries it on start-up, logs it, counts it, records it as failed; emergencies pressed
+    later arrive within 5 s; a restart does not try it again."""
+    from test_operations import scrape, value, with_metrics
+
+    bad = refused_for_good(0, source="earlier")
+    conn = db.connect(db.DatabaseSettings(database.server.host, database.server.port,
+                                          database.name, database.server.user,
+                                          database.server.password, sslmode="disable"))
+    db.upsert_exhibitions(conn, [Exhibition(  # the bucket's EXH_03
+        3, "EXH_03", "Deep Blue", "1", "Zoology", date(2019, 11, 7), "Life in the deep ocean.")])
+    db.write_interactions(conn, [], [db.Interaction(3, 1, bad.pressed_at, *bad.key)],
+                          alerts=[db.OutboxAlert(*bad)])
+    conn.close()
+    assert database.scalar("SELECT count(*) FROM v_request WHERE alert_pending") == 1
+
+    env, port = with_metrics(pipeline_env | {"ALERT_SNS_TOPIC_ARN": security.topic_arn})
+    broker.produce(env["TOPIC"], [rating(3, n) for n in range(4)])  # one in each partition
+    run = run_pipeline(env)
+    wait_until(lambda: all_committed(broker, env), 60, "the pipeline reading its partitions")
+    assert "alert not sent" in run.text().lower()  # the refused alert was tried at start-up
+    pressed = time.monotonic()
+    broker.produce(env["TOPIC"], [emergency(n, 10 + n) for n in range(3)])
+    wait_until(lambda: len(security.receive()) >= 3, 5, "the later emergencies, within 5 s")
+    assert time.monotonic() - pressed < 5
+    assert security.times() == ["12:10:00", "12:11:00", "12:12:00"]
+    wait_until(lambda: database.scalar("SELECT count(*) FROM emergency_alert"
+                                       " WHERE sent_at IS NOT NULL") == 3, 30, "3 recorded sent")
+    failed = "SELECT failed_at IS NOT NULL, failure FROM emergency_alert WHERE source = 'earlier'"
+    wait_until(lambda: database.query(failed)[0][0], 30, "the refused one recorded as failed")
+    assert "InvalidParameter" in database.query(failed)[0][1]
+    assert database.query(
+        "SELECT alert_pending, alert_sent_at, alert_failed_at IS NOT NULL, alert_failure"
+        " FROM v_request WHERE alert_failed_at IS NOT NULL") == [
+            (False, None, True, database.query(failed)[0][1])]
+    assert database.scalar("SELECT count(*) FROM v_request WHERE alert_pending") == 0
+    samples = scrape(port)
+    assert value(samples, "lmnh_alerts_failed_total") == 1
+    assert value(samples, "lmnh_alerts_sent_total") == 3
+    assert value(samples, "lmnh_alerts_pending") == 0
+    assert run.stop() == 0
+    given_up = [line for line in run.text().splitlines() if "alert NOT sent" in line]
+    assert len(given_up) == 1 and bad.subject in given_up[0] and "ERROR" in given_up[0]
+
+    again = run_pipeline(env, "again")  # the failed alert is not pending: not tried again
+    broker.produce(env["TOPIC"], [rating(3, n) for n in range(4, 8)])
+    wait_until(lambda: all_committed(broker, env), 60, "the restart reading on")
+    assert again.stop() == 0
+    assert "alert NOT sent" not in again.text() and "alert sent" not in again.text()
+    assert "alerts: sent=0 pending=0 failed=0" in again.text()
+    assert "Traceback" not in run.text() + again.text()
+
+
+def test_the_alert_sender_imports_without_psycopg2() -> None:
+    """alerts.py is usable where no database driver is installed (it needs rows.py's
+    Interaction, not db.py's)."""
+    import subprocess
+    import sys
+
+    code = "import lmnh.services.alerts, sys; assert 'psycopg2' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

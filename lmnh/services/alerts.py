@@ -3,9 +3,13 @@
 The pipeline hands an emergency's alert over as soon as the press is judged, before (and
 whatever becomes of) the database write, and again from the database's outbox on start-up for
 what an earlier process left pending. `AlertSender` publishes them on its own thread in press
-order, retrying with backoff for as long as it takes; what SNS accepted is handed back
-(`take_sent`) for the pipeline to record. Each alert is known by its message's source key, so
-one handed over twice in a process is sent once.
+order. An attempt SNS fails for a while (throttling, its errors, no connection, even a refusal
+that would refuse every alert: access denied, no such topic) is retried with backoff for as long
+as it takes, each alert on its own schedule, so one alert's retries never hold up the next
+one's first attempt. One that SNS refuses for good (a parameter it rejects: `PERMANENT`) is
+logged, counted and given up. Both outcomes are handed back (`take_sent`) for the pipeline to
+record in the outbox. Each alert is known by its message's source key, so one handed over twice
+in a process is sent once.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
-from db import Interaction
+from lmnh.core.rows import Interaction
 from s3_metadata import Exhibition
 
 log = logging.getLogger("alerts")
@@ -35,6 +39,13 @@ NAME_LIMIT = 200  # of an exhibition's name in the message: metadata may hold an
 PENDING_ERROR_S = 60.0  # an alert pending this long is logged as an error, once a minute
 BACKOFF_S = (0.5, 30.0)  # first and longest wait between attempts
 Key = tuple[str, int, int]  # the press's source, partition, offset
+# Publish's error codes that refuse this request whatever the retries (SNS API reference: a
+# parameter that does not comply; InvalidParameterValueException's code is
+# ParameterValueInvalid). Those that would refuse every alert alike (AuthorizationError,
+# NotFound, InvalidSecurity, the KMS ones) and SNS's own failures are retried.
+PERMANENT = frozenset({"InvalidParameter", "InvalidParameterValue", "ParameterValueInvalid",
+                       "InvalidParameterCombination", "MissingParameter", "ValidationError",
+                       "ValidationException"})
 
 
 class Alert(NamedTuple):
@@ -48,6 +59,26 @@ class Alert(NamedTuple):
     @property
     def key(self) -> Key:
         return (self.source, self.source_partition, self.source_offset)
+
+
+class Outcome(NamedTuple):
+    """What became of an alert: SNS accepted it `at` (failure None), or refused it for good
+    `at` for the reason `failure`."""
+
+    alert: Alert
+    at: datetime
+    failure: str | None = None
+
+
+def permanent_refusal(error: Exception) -> str | None:
+    """The reason, if `error` refuses this one alert for good; None if a retry may succeed."""
+    if isinstance(error, botocore.exceptions.ParamValidationError):
+        return " ".join(str(error).split())  # boto3 would not even send it
+    if isinstance(error, botocore.exceptions.ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in PERMANENT:
+            return " ".join(f"{code}: {error.response['Error'].get('Message', '')}".split())
+    return None
 
 
 def one_line(text: str, limit: int) -> str:
@@ -85,26 +116,42 @@ def _words(exhibition: Exhibition | None, site: int) -> tuple[str, str, str]:
     return where, floor, one_line(f"EMERGENCY at {where}, {floor}", SUBJECT_LIMIT - TIME_WORDS)
 
 
-class AlertSender:
-    """Publishes alerts to `topic_arn` in press order until SNS accepts each one.
+class _Queued:
+    """An alert not sent yet, and when its next attempt is due."""
 
-    Without a topic it sends nothing and counts nothing. `sent`, `pending` and `failed` (failed
-    attempts) are the counts the stats line and the metrics show.
+    __slots__ = ("alert", "attempts", "due", "order", "queued_at", "wait")
+
+    def __init__(self, alert: Alert, now: float) -> None:
+        self.alert = alert
+        self.order = (alert.pressed_at.astimezone(UTC), alert.key)
+        self.queued_at = now
+        self.due = now
+        self.wait = BACKOFF_S[0]
+        self.attempts = 0
+
+
+class AlertSender:
+    """Publishes alerts to `topic_arn`, in press order, until SNS accepts or refuses each one.
+
+    Without a topic it sends nothing and counts nothing. `sent` (accepted), `failed` (refused
+    for good: given up), `failed_attempts` (attempts that failed, each retried unless refused
+    for good) and `pending` are the counts the stats line and the metrics show.
     """
 
     def __init__(self, topic_arn: str | None, client: Any = None) -> None:
         self.topic_arn = topic_arn
         self.sent = 0
         self.failed = 0
-        self._queue: list[tuple[datetime, Key, Alert, float]] = []  # press order
+        self.failed_attempts = 0
+        self._queue: list[_Queued] = []  # press order
         self._known: set[Key] = set()
-        self._accepted: list[tuple[Alert, datetime]] = []
+        self._done: list[Outcome] = []
         self._lock = threading.Condition()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         if topic_arn:
-            # Short timeouts and a single retry inside boto3: the loop below retries for ever,
-            # and a stuck attempt must not hold up the next alert's first try for long.
+            # Short timeouts and a single retry inside boto3: the loop below retries, and a
+            # stuck attempt must not hold up the next alert's first try for long.
             self.client = client or boto3.client("sns", config=BotoConfig(
                 retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2,
                 read_timeout=4))
@@ -125,64 +172,85 @@ class AlertSender:
         if self._thread is None:
             return
         with self._lock:
+            now = time.monotonic()
             for alert in alerts:
                 if alert.key in self._known:
                     continue
                 self._known.add(alert.key)
-                pressed = alert.pressed_at.astimezone(UTC)
-                bisect.insort(self._queue, (pressed, alert.key, alert, time.monotonic()),
-                              key=lambda item: item[:2])
+                queued = _Queued(alert, now)
+                bisect.insort(self._queue, queued, key=lambda item: item.order)
             self._lock.notify()
 
-    def take_sent(self) -> list[tuple[Alert, datetime]]:
-        """The alerts SNS accepted since the last call, with when; the caller records them
-        (and gives them back with `give_back` if it could not)."""
+    def take_sent(self) -> list[Outcome]:
+        """The alerts SNS accepted or refused for good since the last call, with when (and,
+        refused, why); the caller records them (and gives them back with `give_back` if it
+        could not)."""
         with self._lock:
-            taken, self._accepted = self._accepted, []
+            taken, self._done = self._done, []
         return taken
 
-    def give_back(self, taken: list[tuple[Alert, datetime]]) -> None:
+    def give_back(self, taken: list[Outcome]) -> None:
         with self._lock:
-            self._accepted[:0] = taken
+            self._done[:0] = taken
 
     def has_unrecorded(self) -> bool:
         with self._lock:
-            return bool(self._accepted)
+            return bool(self._done)
+
+    def _next(self) -> _Queued | None:
+        """The first alert in press order whose attempt is due, waiting for one; None when
+        closing."""
+        with self._lock:
+            while not self._closing.is_set():
+                now = time.monotonic()
+                due = [item for item in self._queue if item.due <= now]
+                if due:
+                    return due[0]  # the queue is in press order
+                self._lock.wait(min(item.due for item in self._queue) - now
+                                if self._queue else None)
+            return None
 
     def _run(self) -> None:
-        wait = BACKOFF_S[0]
         last_error_log = 0.0
-        while not self._closing.is_set():
-            with self._lock:
-                while not self._queue and not self._closing.is_set():
-                    self._lock.wait()
-                if self._closing.is_set():
-                    return
-                _, _, alert, queued_at = self._queue[0]
+        while (item := self._next()) is not None:
+            alert = item.alert
             try:
                 self.client.publish(TopicArn=self.topic_arn, Subject=alert.subject,
                                     Message=alert.message)
             except (botocore.exceptions.BotoCoreError,
                     botocore.exceptions.ClientError) as error:
-                self.failed += 1
-                waited = time.monotonic() - queued_at
-                if waited >= PENDING_ERROR_S and (
-                        time.monotonic() - last_error_log >= PENDING_ERROR_S):
-                    last_error_log = time.monotonic()
+                reason = permanent_refusal(error)
+                if reason is not None:
+                    self._finish(item, Outcome(alert, datetime.now(UTC), reason))
+                    log.error("alert NOT sent, SNS refuses it for good (%s); given up, kept in"
+                              " the outbox as failed: %s", reason, alert.subject)
+                    continue
+                self.failed_attempts += 1
+                item.attempts += 1
+                now = time.monotonic()
+                waited = now - item.queued_at
+                if waited >= PENDING_ERROR_S and now - last_error_log >= PENDING_ERROR_S:
+                    last_error_log = now
                     log.error("alert pending for %.0f s, SNS still refuses (%s): %s",
                               waited, " ".join(str(error).split()), alert.subject)
-                elif self.failed == 1 or wait == BACKOFF_S[0]:
+                elif item.attempts == 1:
                     log.warning("alert not sent yet (%s); retrying with backoff: %s",
                                 " ".join(str(error).split()), alert.subject)
-                self._closing.wait(wait)
-                wait = min(wait * 2, BACKOFF_S[1])
+                with self._lock:
+                    item.due = now + item.wait
+                    item.wait = min(item.wait * 2, BACKOFF_S[1])
                 continue
-            wait = BACKOFF_S[0]
-            with self._lock:
-                self._queue = [item for item in self._queue if item[1] != alert.key]
-                self._accepted.append((alert, datetime.now(UTC)))
-                self.sent += 1
+            self._finish(item, Outcome(alert, datetime.now(UTC)))
             log.info("alert sent: %s", alert.subject)
+
+    def _finish(self, item: _Queued, outcome: Outcome) -> None:
+        with self._lock:
+            self._queue.remove(item)
+            self._done.append(outcome)
+            if outcome.failure is None:
+                self.sent += 1
+            else:
+                self.failed += 1
 
     def close(self, timeout_s: float) -> None:
         """Give the queued alerts up to `timeout_s` to go, then stop; what is still pending is

@@ -105,6 +105,8 @@ class AlertCounts(Protocol):
     def pending(self) -> int: ...
     @property
     def failed(self) -> int: ...
+    @property
+    def failed_attempts(self) -> int: ...
 
 
 class _AlertCollector:
@@ -118,13 +120,17 @@ class _AlertCollector:
                                   value=self.counts.sent)
         yield GaugeMetricFamily("lmnh_alerts_pending", "Emergency alerts not yet accepted by SNS",
                                 value=self.counts.pending)
-        yield CounterMetricFamily("lmnh_alerts_failed", "Attempts to publish an alert that failed"
-                                  " (each is retried)", value=self.counts.failed)
+        yield CounterMetricFamily("lmnh_alerts_failed", "Emergency alerts SNS refused for good:"
+                                  " given up, kept in the outbox as failed",
+                                  value=self.counts.failed)
+        yield CounterMetricFamily("lmnh_alerts_attempts_failed", "Attempts to publish an alert"
+                                  " that failed (retried unless SNS refused it for good)",
+                                  value=self.counts.failed_attempts)
 
 
 def watch_alerts(counts: AlertCounts) -> None:
-    """Expose the alert counts as lmnh_alerts_sent_total, lmnh_alerts_pending and
-    lmnh_alerts_failed_total (once per process)."""
+    """Expose the alert counts as lmnh_alerts_sent_total, lmnh_alerts_pending,
+    lmnh_alerts_failed_total and lmnh_alerts_attempts_failed_total (once per process)."""
     REGISTRY.register(_AlertCollector(counts))
 
 

@@ -112,7 +112,9 @@ JOIN rating r USING (rating_value);
 
 -- One row per assistance or emergency request, flattened. alert_sent_at: when SNS accepted the
 -- emergency's alert (NULL while pending, and for assistance or presses stored before alerts
--- were recorded); alert_pending: an emergency whose alert is not sent yet.
+-- were recorded); alert_pending: an emergency whose alert is neither sent yet nor given up;
+-- alert_failed_at, alert_failure: when and why SNS refused the alert for good (it was never
+-- delivered and is not retried).
 CREATE VIEW v_request AS
 SELECT qi.event_at                                                 AS event_at_utc,
        qi.event_at AT TIME ZONE museum_zone()                    AS event_at_local,
@@ -127,8 +129,10 @@ SELECT qi.event_at                                                 AS event_at_u
        q.request_description,
        qi.request_value = 1                                        AS is_emergency,
        a.sent_at                                                   AS alert_sent_at,
-       coalesce(qi.request_value = 1 AND a.sent_at IS NULL AND a.source IS NOT NULL, false)
-                                                                   AS alert_pending
+       coalesce(qi.request_value = 1 AND a.sent_at IS NULL AND a.failed_at IS NULL
+                AND a.source IS NOT NULL, false)                   AS alert_pending,
+       a.failed_at                                                 AS alert_failed_at,
+       a.failure                                                   AS alert_failure
 FROM request_interaction qi
 JOIN exhibition e USING (exhibition_id)
 JOIN floor f USING (floor_id)
