@@ -219,9 +219,22 @@ def test_the_subject_is_one_short_line_whatever_the_metadata_holds(name: str, fl
     alert = emergency_alert(press, exhibition, ZoneInfo("Europe/London"))
     assert 0 < len(alert.subject) < 100
     assert alert.subject.isprintable() and alert.subject == alert.subject.strip()
+    assert alert.subject.isascii()  # SNS refuses any other subject for good
     assert alert.subject.startswith("EMERGENCY at EXH_07")
     assert alert.subject.endswith(", 14:00:00 15/07/2026")  # the time survives any name
     assert "14:00:00 on 15/07/2026" in alert.message
+
+
+def test_a_name_beyond_ascii_keeps_its_letters_in_the_subject_and_whole_in_the_message(
+        ) -> None:
+    """Real SNS refuses a subject that is not ASCII, for good (moto does not check)."""
+    cafe = Exhibition(7, "EXH_07", "Café Ünïcode — 東京 Whales", "Ground", "Zoology",
+                      date(2020, 1, 1), "x")
+    press = db.Interaction(7, 1, datetime(2026, 7, 15, 13, 0, tzinfo=UTC), "lmnh", 0, 1)
+    alert = emergency_alert(press, cafe, ZoneInfo("Europe/London"))
+    assert alert.subject == "EMERGENCY at EXH_07 Cafe Unicode ? ?? Whales, floor Ground," \
+        " 14:00:00 15/07/2026"
+    assert "Café Ünïcode — 東京 Whales" in alert.message
 
 
 def test_sns_accepts_the_subject_of_a_hostile_exhibition_name(security: Security) -> None:

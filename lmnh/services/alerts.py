@@ -81,13 +81,22 @@ def permanent_refusal(error: Exception) -> str | None:
     return None
 
 
-def one_line(text: str, limit: int) -> str:
+def one_line(text: str, limit: int, ellipsis: str = "…") -> str:
     """`text` without control characters or line breaks, whitespace runs as one space, cut to
-    `limit` characters (an ellipsis marks a cut)."""
+    `limit` characters (`ellipsis` marks a cut)."""
     kept = "".join(" " if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in
                    ("Zl", "Zp") else c for c in text)
     flat = " ".join(kept.split())
-    return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
+    cut = limit - len(ellipsis)
+    return flat if len(flat) <= limit else flat[:cut].rstrip() + ellipsis
+
+
+def ascii_line(text: str, limit: int) -> str:
+    """one_line in ASCII, as SNS requires of a subject: accents dropped ("Café" is "Cafe"),
+    any other character not in ASCII shown as "?"."""
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text)
+                     if not unicodedata.combining(c))
+    return one_line(folded.encode("ascii", "replace").decode("ascii"), limit, "...")
 
 
 def emergency_alert(press: Interaction, exhibition: Exhibition | None,
@@ -113,7 +122,8 @@ def _words(exhibition: Exhibition | None, site: int) -> tuple[str, str, str]:
     else:
         where = f"{exhibition.public_id} {one_line(exhibition.name, NAME_LIMIT)}"
         floor = f"floor {one_line(exhibition.floor, NAME_LIMIT)}"
-    return where, floor, one_line(f"EMERGENCY at {where}, {floor}", SUBJECT_LIMIT - TIME_WORDS)
+    return where, floor, ascii_line(f"EMERGENCY at {where}, {floor}",
+                                    SUBJECT_LIMIT - TIME_WORDS)
 
 
 class _Queued:
