@@ -45,7 +45,7 @@ from tenacity import (
 )
 
 import db
-from lmnh.core import judging
+from lmnh.core import judging, topics
 from lmnh.core.judging import JudgedBatch
 from lmnh.core.outage import Outage
 from lmnh.services import metrics
@@ -73,6 +73,8 @@ PACKAGE_HOME = Path(judging.__file__).resolve().parents[2]
 # one keeps it busy while this process passes the batch before on to be written.
 JUDGING_AHEAD = 1
 JUDGING_CLOSE_S = 5.0
+# At assignment, how long reading the partitions' high watermarks may take in all.
+WATERMARK_TIMEOUT_S = 3.0
 T = TypeVar("T")
 
 
@@ -245,6 +247,8 @@ class Pipeline:
         # Each assigned partition's stored progress mark, read at assignment: an emergency
         # below it has a stored verdict (and its alert, sent or pending, in the outbox).
         self.marks: dict[tuple[str, int], int] = {}
+        # Each assigned topic's source name: its own, or a later incarnation's (lmnh.core.topics).
+        self.sources: dict[str, str] = {}
         self.database_down = threading.Event()
         self.conn: db.Connection | None = None
         self._with_database(self._check_database)
@@ -389,7 +393,8 @@ class Pipeline:
         self._kafka_answered()
         self.health.assigned |= {(p.topic, p.partition) for p in partitions}
         log.info("assigned partitions %s", _partition_list(partitions))
-        keys = [(p.topic, p.partition) for p in partitions]
+        self.sources = assigned_sources(consumer, self.settings, partitions, self.sources)
+        keys = [(self.sources.get(p.topic, p.topic), p.partition) for p in partitions]
         try:
             marks = db.judged_marks(self.settings.database(), keys)
         except psycopg2.Error as error:  # alert every emergency read: a duplicate, not a loss
@@ -410,7 +415,7 @@ class Pipeline:
         self._collect_written(wait_s=None)
         for key in revoked:
             self.pending_offsets.pop(key, None)
-            self.marks.pop(key, None)
+            self.marks.pop((self.sources.get(key[0], key[0]), key[1]), None)
         self.paused = False  # a new assignment starts unpaused
 
     def _commit_pending(self) -> None:
@@ -501,7 +506,7 @@ class Pipeline:
         live = [message for message in messages if message.error() is None]
         if live:
             self.judging.submit(judging.Job(
-                [message.value() for message in live], [message.topic() for message in live],
+                [message.value() for message in live], message_sources(live, self.sources),
                 [message.partition() for message in live], [message.offset() for message in live],
                 self.rules, datetime.now(UTC), self.reject_log.max_value_bytes))
         behind = len(messages) >= self.settings.BATCH_SIZE
@@ -587,7 +592,7 @@ class Pipeline:
                 r for r in result.new_emergencies
                 if self._judged_before(r.source, r.source_partition, r.source_offset)))
             self.stats.add(batch, result)
-            self.pending_offsets.update(batch.next_offsets)
+            self.pending_offsets.update(topics.by_topic(batch.next_offsets))
         if done:
             self._commit_pending()
         if self.paused and self.buffered <= self.settings.WRITE_BUFFER_MESSAGES // 2:
@@ -674,6 +679,53 @@ class Pipeline:
         """The last commit, then the close: librdkafka waits in it for the commit's answer."""
         self._commit_pending()
         self.consumer.close()
+
+
+def assigned_sources(consumer: Consumer, settings: PipelineSettings,
+                     partitions: list[TopicPartition], known: dict[str, str]) -> dict[str, str]:
+    """Each assigned topic's source name (lmnh.core.topics), decided with the database from
+    the partitions' high watermarks as the broker reports them now: a topic ending below a mark
+    was recreated, said in one warning line. When the database does not answer, a topic keeps
+    its last known source (its name at first), said in one line; never raises."""
+    ends: dict[str, dict[int, int]] = {}
+    unread: list[str] = []
+    deadline = time.monotonic() + WATERMARK_TIMEOUT_S
+    for p in partitions:
+        ends.setdefault(p.topic, {})
+        try:
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(p.topic, p.partition),
+                timeout=max(0.1, deadline - time.monotonic()), cached=False)
+        except KafkaException as error:
+            unread.append(f"{p.topic}[{p.partition}] ({error.args[0].str()})")
+            continue
+        ends[p.topic][p.partition] = high
+    if unread:
+        log.warning("cannot read the end of %s; a recreated topic is not detected there",
+                    ", ".join(unread))
+    sources = dict(known)
+    try:
+        found = db.topic_sources(settings.database(), ends)
+    except psycopg2.Error as error:
+        for topic in sorted(ends):
+            log.warning("cannot check whether topic %s was recreated (%s); its messages are"
+                        " stored as source %s, the last known", topic, _one_line(error),
+                        known.get(topic, topic))
+        return sources
+    for topic, current in sorted(found.items()):
+        sources[topic] = current.source
+        if current.recreated is not None:
+            log.warning("%s", topics.recreated_line(topic, current.recreated, current.source))
+        elif current.source != known.get(topic, topic):
+            log.info("topic %s is in its incarnation %d: its messages are stored as source %s",
+                     topic, current.incarnation, current.source)
+    return sources
+
+
+def message_sources(messages: Sequence[Message], sources: dict[str, str]) -> list[str]:
+    """Each message's source: its topic's current one (its topic's name if none is known)."""
+    names = [message.topic() for message in messages]
+    return [sources.get(name, name) for name in names] if sources else names
 
 
 def _alerts(outbox: Iterable[db.OutboxAlert]) -> list[Alert]:
