@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -393,7 +400,10 @@ class Pipeline:
         self._kafka_answered()
         self.health.assigned |= {(p.topic, p.partition) for p in partitions}
         log.info("assigned partitions %s", _partition_list(partitions))
-        self.sources = assigned_sources(consumer, self.settings, partitions, self.sources)
+        self.sources, recreated = assigned_sources(consumer, self.settings, partitions,
+                                                   self.sources)
+        if recreated:  # read from its first message, whatever an old committed offset says
+            consumer.assign(from_the_start(partitions, recreated))
         keys = [(self.sources.get(p.topic, p.topic), p.partition) for p in partitions]
         try:
             marks = db.judged_marks(self.settings.database(), keys)
@@ -682,11 +692,13 @@ class Pipeline:
 
 
 def assigned_sources(consumer: Consumer, settings: PipelineSettings,
-                     partitions: list[TopicPartition], known: dict[str, str]) -> dict[str, str]:
-    """Each assigned topic's source name (lmnh.core.topics), decided with the database from
-    the partitions' high watermarks as the broker reports them now: a topic ending below a mark
-    was recreated, said in one warning line. When the database does not answer, a topic keeps
-    its last known source (its name at first), said in one line; never raises."""
+                     partitions: list[TopicPartition], known: dict[str, str],
+                     ) -> tuple[dict[str, str], set[str]]:
+    """Each assigned topic's source name (lmnh.core.topics), and the topics found recreated
+    now: decided with the database from the partitions' high watermarks as the broker reports
+    them now (a topic ending below a mark was recreated, said in one warning line). When the
+    database does not answer, a topic keeps its last known source (its name at first), said in
+    one line; never raises."""
     ends: dict[str, dict[int, int]] = {}
     unread: list[str] = []
     deadline = time.monotonic() + WATERMARK_TIMEOUT_S
@@ -711,15 +723,25 @@ def assigned_sources(consumer: Consumer, settings: PipelineSettings,
             log.warning("cannot check whether topic %s was recreated (%s); its messages are"
                         " stored as source %s, the last known", topic, _one_line(error),
                         known.get(topic, topic))
-        return sources
+        return sources, set()
+    recreated = set()
     for topic, current in sorted(found.items()):
         sources[topic] = current.source
         if current.recreated is not None:
+            recreated.add(topic)
             log.warning("%s", topics.recreated_line(topic, current.recreated, current.source))
         elif current.source != known.get(topic, topic):
             log.info("topic %s is in its incarnation %d: its messages are stored as source %s",
                      topic, current.incarnation, current.source)
-    return sources
+    return sources, recreated
+
+
+def from_the_start(partitions: list[TopicPartition], topics: set[str]) -> list[TopicPartition]:
+    """The assignment with the given topics' partitions read from their first message: a
+    recreated topic's committed offsets, if the broker kept them, belong to the old one (past its
+    end, AUTO_OFFSET=latest would skip every new press)."""
+    return [TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) if p.topic in topics else p
+            for p in partitions]
 
 
 def message_sources(messages: Sequence[Message], sources: dict[str, str]) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
 from conftest import Broker, Database, wait_until
 from test_alert_outbox import Security, emergency, security  # noqa: F401 - a fixture
 from test_pipeline import (
@@ -87,3 +88,43 @@ def test_a_recreated_topic_stores_and_alerts_every_new_press_and_says_so_once(
     assert third.stop(signal.SIGTERM) == 0
     assert "was recreated" not in third.text()
     assert row_count(database) == old_rows + len(second_expected[0]) + len(second_expected[1])
+
+
+def test_a_recreated_topic_is_read_from_its_start_whatever_old_committed_offsets_say(
+        broker: Broker, database: Database, pipeline_env: dict[str, str], run_pipeline,
+        tmp_path: Path) -> None:
+    """The broker kept the group's offsets of the old topic, beyond the new one's end: with
+    AUTO_OFFSET=latest those would skip every new press."""
+    env = pipeline_env | {"AUTO_OFFSET": "latest"}
+    topic = env["TOPIC"]
+    broker.create_topic(topic, 2)
+    first_lines = [press.value for press in simulated_presses(200, seed=8)]
+    broker.produce(topic, first_lines)
+    first_expected = expected_rows(first_lines, 2)
+    first = run_pipeline(env | {"AUTO_OFFSET": "earliest"}, "first")
+    wait_until(lambda: all_committed(broker, env), 60, "the first topic stored and committed")
+    assert first.stop() == 0
+    assert stored(database, topic) == first_expected
+
+    recreated = Broker((cluster := MockKafka()).bootstrap, cluster)
+    recreated.create_topic(topic, 2)
+    second_lines = [press.value for press in simulated_presses(30, seed=9)]
+    recreated.produce(topic, second_lines)
+    stale = Consumer({"bootstrap.servers": recreated.bootstrap, "group.id": env["GROUP"]})
+    try:
+        stale.commit(offsets=[TopicPartition(topic, p, 100) for p in range(2)],
+                     asynchronous=False)
+    finally:
+        stale.close()
+    assert recreated.committed(topic, env["GROUP"]) == {0: 100, 1: 100}
+    second_expected = expected_rows(second_lines, 2)
+    second_env = env | {"BOOTSTRAP_SERVERS": recreated.bootstrap,
+                        "REJECT_LOG": str(tmp_path / "second.log")}
+    second = run_pipeline(second_env, "second")
+    wait_until(lambda: stored(database, f"{topic}~2") == second_expected, 60,
+               "every new press stored")
+    wait_until(lambda: recreated.committed(topic, env["GROUP"]) == {0: 15, 1: 15}, 30,
+               "the new offsets committed")
+    assert second.stop() == 0
+    assert stored(database, topic) == first_expected
+    assert sum(1 for line in second.text().splitlines() if "was recreated" in line) == 1

@@ -149,8 +149,9 @@ def test_the_daemon_keeps_the_last_known_source_while_the_database_is_away(
     consumer = Consumer({("lmnh", 0): 3, ("lmnh", 1): 4})
     mark(database, "lmnh", 0, 70)
     with caplog.at_level(logging.INFO, "pipeline"):
-        sources = pipeline.assigned_sources(consumer, pipeline_settings(database), partitions, {})
-    assert sources == {"lmnh": "lmnh~2"}
+        sources, recreated = pipeline.assigned_sources(consumer, pipeline_settings(database),
+                                                       partitions, {})
+    assert sources == {"lmnh": "lmnh~2"} and recreated == {"lmnh"}
     assert [r.getMessage() for r in caplog.records] == [
         "topic lmnh was recreated (partition 0 ends at 3, 70 were judged from it): its messages"
         " are stored as source lmnh~2 from now on"]
@@ -159,11 +160,18 @@ def test_the_daemon_keeps_the_last_known_source_while_the_database_is_away(
     caplog.clear()
     away = pipeline_settings(database, free_port())
     with caplog.at_level(logging.INFO, "pipeline"):
-        assert pipeline.assigned_sources(consumer, away, partitions, sources) == sources
-        assert pipeline.assigned_sources(consumer, away, partitions, {}) == {}
+        assert pipeline.assigned_sources(consumer, away, partitions, sources) == (sources, set())
+        assert pipeline.assigned_sources(consumer, away, partitions, {}) == ({}, set())
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
     assert lines[0].startswith("cannot check whether topic lmnh was recreated (")
     assert lines[0].endswith("its messages are stored as source lmnh~2, the last known")
     assert lines[1].endswith("its messages are stored as source lmnh, the last known")
     assert "\n" not in lines[0]
+
+
+def test_a_recreated_topic_is_read_from_its_first_message() -> None:
+    partitions = [pipeline.TopicPartition("lmnh", 0), pipeline.TopicPartition("other", 1, 7)]
+    assigned = pipeline.from_the_start(partitions, {"lmnh"})
+    assert [(p.topic, p.partition, p.offset) for p in assigned] == [
+        ("lmnh", 0, pipeline.OFFSET_BEGINNING), ("other", 1, 7)]
