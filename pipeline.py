@@ -747,7 +747,9 @@ def from_the_start(partitions: list[TopicPartition], topics: set[str]) -> list[T
 def message_sources(messages: Sequence[Message], sources: dict[str, str]) -> list[str]:
     """Each message's source: its topic's current one (its topic's name if none is known)."""
     names = [message.topic() for message in messages]
-    return [sources.get(name, name) for name in names] if sources else names
+    if all(topic == source for topic, source in sources.items()):  # first incarnations only
+        return names
+    return [sources.get(name, name) for name in names]
 
 
 def _alerts(outbox: Iterable[db.OutboxAlert]) -> list[Alert]:
