@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
 from pathlib import Path
@@ -28,6 +28,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extras import execute_values
 
+from lmnh.core import topics
 from lmnh.core.rows import (
     CopyRows,
     Interaction,
@@ -175,13 +176,17 @@ def tls_state(conn: Connection, settings: DatabaseSettings) -> TlsState:
                     protocol is not None and settings.effective_sslmode == "verify-full")
 
 
-def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:
+def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline",
+            clock: MuseumClock | None = None) -> Connection:
     """The writer's connection, with its session's staging tables for replayed batches.
 
-    SchemaMismatch if the database's schema is not this release's."""
+    SchemaMismatch if the database's schema is not this release's, or its museum clock is
+    not `clock` (when given): on every connection, the first and each reconnect alike."""
     conn = open_connection(settings, application_name)
     try:
         check_schema(conn)
+        if clock is not None:
+            check_clock(conn, clock)
     except SchemaMismatch:
         conn.close()
         raise
@@ -618,3 +623,49 @@ def judged_marks(settings: DatabaseSettings, partitions: Sequence[Partition],
             return {(source, partition): mark for source, partition, mark in cur.fetchall()}
     finally:
         conn.close()
+
+
+class TopicSource(NamedTuple):
+    """The source name a topic's messages are stored under now (lmnh.core.topics)."""
+
+    topic: str
+    source: str
+    incarnation: int  # 1: the topic's first life, whose source is its name
+    recreated: str | None = None  # set when this call started the incarnation: the reason
+
+
+def topic_sources(settings: DatabaseSettings, ends: Mapping[str, Mapping[int, int]],
+                  timeout_s: int = 2) -> dict[str, TopicSource]:
+    """Each topic's current source, given its partitions' high watermarks as the broker reports
+    them now; a topic that ends below a stored mark of its current source was recreated, and
+    gets a new incarnation (recorded here, and named in the result's `recreated`).
+
+    One transaction on a connection of its own (giving up within about `timeout_s` seconds)
+    holds each topic's row locked (in topic order) while it decides, so two processes assigned
+    the topic at once start one incarnation between them, and the second sees it.
+    """
+    quick = dataclasses.replace(settings, connect_timeout_s=max(2, timeout_s),
+                                statement_timeout_ms=timeout_s * 1000)
+    conn = open_connection(quick, "lmnh-pipeline-topics")
+    found: dict[str, TopicSource] = {}
+    try:
+        with conn, conn.cursor() as cur:
+            for topic in sorted(ends):
+                cur.execute("INSERT INTO topic_source (topic, source, incarnation)"
+                            " VALUES (%s, %s, 1) ON CONFLICT (topic) DO NOTHING", (topic, topic))
+                cur.execute("SELECT source, incarnation FROM topic_source WHERE topic = %s"
+                            " FOR UPDATE", (topic,))
+                source, incarnation = cur.fetchone()
+                cur.execute("SELECT source_partition, next_offset FROM source_progress"
+                            " WHERE source = %s", (source,))
+                detail = topics.recreated(dict(cur.fetchall()), ends[topic])
+                if detail is not None:
+                    incarnation += 1
+                    source = topics.source_name(topic, incarnation)
+                    cur.execute("UPDATE topic_source SET source = %s, incarnation = %s,"
+                                " changed_at = now() WHERE topic = %s",
+                                (source, incarnation, topic))
+                found[topic] = TopicSource(topic, source, incarnation, detail)
+    finally:
+        conn.close()
+    return found

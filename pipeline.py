@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from confluent_kafka import Message
 
 import db
-from lmnh.core import judging
+from lmnh.core import judging, topics
 from lmnh.core.judging import JudgedBatch
 from lmnh.core.offsets import OffsetTracker
 from lmnh.core.rows import Partition
@@ -262,13 +262,15 @@ class Daemon:
                  stopping: StopFlag, health: metrics.Health) -> None:
         self.settings, self.stopping, self.health = settings, stopping, health
         self.stats = Stats()
-        self.writer = Writer(self._connect, health)
+        self.writer = Writer(lambda: db.connect(settings.database(), clock=settings.clock()),
+                             health)
         self.tracker = OffsetTracker()
         self.catalogue = Catalogue(settings)
         self.alerting = Alerting(AlertSender(settings.ALERT_SNS_TOPIC_ARN), self.catalogue)
         self._start_up(exhibitions)
         self.reject_log = RejectLog(settings.REJECT_LOG, settings.REJECT_LOG_MAX_VALUE_BYTES)
         self.batches = itertools.count()
+        self.sources: dict[str, str] = {}  # each topic's source name, if not its own
         self.refresher = ExhibitionRefresher(settings.S3_BUCKET, settings.METADATA_REFRESH_S,
                                              exhibitions)
         self.judging = JudgingProcess()
@@ -276,15 +278,6 @@ class Daemon:
             "statistics.interval.ms": settings.STATS_INTERVAL_S * 1000},
             settings.TOPIC, self._assigned, self._revoked, self.tracker.committed, health)
         metrics.METADATA_REFRESHED.set_to_current_time()
-
-    def _connect(self) -> db.Connection:
-        conn = db.connect(self.settings.database())
-        try:
-            db.check_clock(conn, self.settings.clock())
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     def _start_up(self, exhibitions: dict[int, Exhibition]) -> None:
         """Store the exhibitions and queue the alerts left pending, before consuming;
@@ -350,7 +343,8 @@ class Daemon:
         Behind on the topic (a full batch), the next batch is consumed while this one is
         judged; caught up, this one is waited for, as nothing would come to take its place."""
         self.judging.submit(judging.Job(
-            [m.value() for m in messages], [m.topic() for m in messages],
+            [m.value() for m in messages],
+            topics.sources_of([m.topic() for m in messages], self.sources),
             [m.partition() for m in messages], [m.offset() for m in messages],
             self.catalogue.rules, datetime.now(UTC), self.reject_log.max_value_bytes))
         behind = len(messages) >= self.settings.BATCH_SIZE
@@ -371,7 +365,7 @@ class Daemon:
                 log.warning("%d judged messages wait for the database; newer ones are judged"
                             " for their alerts only and read again once it catches up",
                             self.writer.backlog)
-            self.kafka.rewind(batch.spans)
+            self.kafka.rewind(topics.by_topic(batch.spans))
             return
         lines, reasons = batch.reject_lines, batch.reasons
         if self.alerting.replayed(batch):  # logged and counted before
@@ -381,7 +375,7 @@ class Daemon:
         self.reject_log.write(lines)
         self.writer.wait_idle(0 if self.writer.down.is_set() else HEALTHY_WRITE_WAIT_S)
         seq = next(self.batches)
-        self.tracker.handed_over(seq, batch.next_offsets)
+        self.tracker.handed_over(seq, topics.by_topic(batch.next_offsets))
         self.writer.submit(Task(lambda conn: self.alerting.write(conn, batch, outbox),
                                 lambda result: self._written(seq, batch, result, reasons),
                                 messages=batch.size, batch=True))
@@ -405,9 +399,13 @@ class Daemon:
         self.alerting.chores(self.writer)
 
     # ---- the group's rebalances (inside poll)
-    def _assigned(self, keys: set[Partition]) -> None:
+    def _assigned(self, keys: set[Partition], ends: dict[str, dict[int, int]]) -> set[str]:
+        """Each topic's source (lmnh.core.topics) and the partitions' marks; the topics found
+        recreated, to be read from their first message."""
+        self.sources, recreated = topic_sources(self.settings, ends, self.sources)
         self.tracker.assigned(keys)
-        self.alerting.read_marks(self.settings, keys)
+        self.alerting.read_marks(self.settings, {(self.sources.get(t, t), p) for t, p in keys})
+        return recreated
 
     def _revoked(self, keys: set[Partition]) -> None:
         """Commit what is written, waiting a little for the writes in hand while the database
@@ -420,8 +418,8 @@ class Daemon:
         self.writer.deliver()
         self.kafka.commit(self.tracker.take())
         self.tracker.revoked(keys)
-        for key in keys:
-            self.alerting.marks.pop(key, None)
+        for topic, partition in keys:
+            self.alerting.marks.pop((self.sources.get(topic, topic), partition), None)
 
     def close(self) -> bool:
         """Stop every stage within bounds; False if Kafka's close did not finish in time (a
@@ -447,6 +445,33 @@ class Daemon:
         self.reject_log.close()
         log.info("stopped cleanly")
         return closed
+
+
+def topic_sources(settings: PipelineSettings, ends: dict[str, dict[int, int]],
+                  known: dict[str, str]) -> tuple[dict[str, str], set[str]]:
+    """Each assigned topic's source name, and the topics found recreated now: decided with the
+    database from the partitions' high watermarks (a topic ending below a mark was recreated,
+    said in one warning line). When the database does not answer, a topic keeps its last
+    known source (its name at first), said in one line; never raises."""
+    sources = dict(known)
+    try:
+        found = db.topic_sources(settings.database(), ends)
+    except db.Error as error:
+        for topic in sorted(ends):
+            log.warning("cannot check whether topic %s was recreated (%s); its messages are"
+                        " stored as source %s, the last known", topic, _one_line(error),
+                        known.get(topic, topic))
+        return sources, set()
+    recreated = set()
+    for topic, current in sorted(found.items()):
+        sources[topic] = current.source
+        if current.recreated is not None:
+            recreated.add(topic)
+            log.warning("%s", topics.recreated_line(topic, current.recreated, current.source))
+        elif current.source != known.get(topic, topic):
+            log.info("topic %s is in its incarnation %d: its messages are stored as source %s",
+                     topic, current.incarnation, current.source)
+    return sources, recreated
 
 
 def _nothing(_: object) -> None:

@@ -6,7 +6,7 @@
 
 DROP TABLE IF EXISTS rating_interaction, request_interaction, rejected_message, rating_hourly,
     request_hourly, exhibition, department, floor, rating, request, museum_settings,
-    schema_version, emergency_alert, source_progress CASCADE;
+    schema_version, emergency_alert, source_progress, topic_source CASCADE;
 
 CREATE TABLE department (
     department_id   SMALLINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -124,7 +124,7 @@ CREATE TABLE schema_version (
     version    INTEGER PRIMARY KEY CHECK (version >= 1),
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-INSERT INTO schema_version (version) VALUES (5);
+INSERT INTO schema_version (version) VALUES (6);
 
 -- Emergency alerts, recorded with the press (same transaction) and marked when SNS accepts the
 -- message: sent_at is NULL while the alert is pending. One SNS refuses for good (a parameter it
@@ -156,4 +156,16 @@ CREATE TABLE source_progress (
     source_partition INTEGER NOT NULL,
     next_offset      BIGINT NOT NULL,
     PRIMARY KEY (source, source_partition)
+);
+
+-- Each Kafka topic's current incarnation: the source its messages are stored under now. A topic
+-- deleted and created again restarts its offsets at 0; read under the old source's high marks,
+-- its presses would count as judged before. The pipeline, at partition assignment, starts a new
+-- incarnation (source 'topic~n') when a partition ends below its mark. No row: the topic's
+-- first incarnation, stored under its own name.
+CREATE TABLE topic_source (
+    topic       TEXT PRIMARY KEY,
+    source      TEXT NOT NULL UNIQUE,
+    incarnation INTEGER NOT NULL CHECK (incarnation >= 1),
+    changed_at  TIMESTAMPTZ
 );

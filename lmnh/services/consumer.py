@@ -13,10 +13,18 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from lmnh.core.outage import Outage
 from lmnh.core.rows import Partition
@@ -26,7 +34,11 @@ log = logging.getLogger("pipeline")
 # librdkafka's own log: critical lines only. Its per-reconnect lines (hundreds a minute while a
 # broker is away) are replaced by the error callback's one line per outage and minute.
 KAFKA_LOG_LEVEL = 2
-Partitions = Callable[[set[Partition]], None]
+# At assignment, how long reading the partitions' high watermarks may take in all.
+WATERMARK_TIMEOUT_S = 3.0
+# Told the partitions assigned and each topic's partitions' high watermarks; answers which
+# topics were recreated, to be read from their first message.
+Assigned = Callable[[set[Partition], dict[str, dict[int, int]]], set[str]]
 
 
 class KafkaFatal(Exception):
@@ -34,8 +46,9 @@ class KafkaFatal(Exception):
 
 
 class KafkaStage:
-    def __init__(self, config: dict[str, Any], topic: str, on_assign: Partitions,
-                 on_revoke: Partitions, on_commit: Callable[[Partition, int, bool], None],
+    def __init__(self, config: dict[str, Any], topic: str, on_assign: Assigned,
+                 on_revoke: Callable[[set[Partition]], None],
+                 on_commit: Callable[[Partition, int, bool], None],
                  health: metrics.Health) -> None:
         self.topic = topic
         self.health = health
@@ -121,7 +134,31 @@ class KafkaStage:
         keys = {(p.topic, p.partition) for p in partitions}
         self.health.assigned |= keys
         log.info("assigned partitions %s", _partition_list(partitions))
-        self._on_assign(keys)
+        recreated = self._on_assign(keys, self._ends(partitions))
+        if recreated:  # read from its first message, whatever an old committed offset says
+            self.consumer.assign([
+                TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) if p.topic in recreated
+                else p for p in partitions])
+
+    def _ends(self, partitions: list[TopicPartition]) -> dict[str, dict[int, int]]:
+        """Each topic's partitions' high watermarks as the broker reports them now."""
+        ends: dict[str, dict[int, int]] = {}
+        unread: list[str] = []
+        deadline = time.monotonic() + WATERMARK_TIMEOUT_S
+        for p in partitions:
+            ends.setdefault(p.topic, {})
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(p.topic, p.partition),
+                    timeout=max(0.1, deadline - time.monotonic()), cached=False)
+            except KafkaException as error:
+                unread.append(f"{p.topic}[{p.partition}] ({error.args[0].str()})")
+                continue
+            ends[p.topic][p.partition] = high
+        if unread:
+            log.warning("cannot read the end of %s; a recreated topic is not detected there",
+                        ", ".join(unread))
+        return ends
 
     def _revoked(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked partitions %s", _partition_list(partitions))

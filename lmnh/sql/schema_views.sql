@@ -262,4 +262,5 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_writer;
 GRANT INSERT, UPDATE ON department, floor, exhibition TO lmnh_writer;
 GRANT INSERT ON rating_interaction, request_interaction, rejected_message TO lmnh_writer;
 GRANT INSERT, UPDATE ON emergency_alert, source_progress TO lmnh_writer;
+GRANT INSERT, UPDATE ON topic_source TO lmnh_writer;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO lmnh_writer;
