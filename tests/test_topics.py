@@ -125,19 +125,8 @@ def test_the_writer_role_may_decide(database: Database) -> None:
     assert db.topic_sources(settings, {"lmnh": {0: 1}})["lmnh"].source == "lmnh~2"
 
 
-class Consumer:
-    """What assigned_sources asks of a consumer: each partition's watermarks."""
-
-    def __init__(self, ends: dict[tuple[str, int], int]) -> None:
-        self.ends = ends
-
-    def get_watermark_offsets(self, partition, timeout: float, cached: bool) -> tuple[int, int]:
-        assert not cached and 0 < timeout <= pipeline.WATERMARK_TIMEOUT_S
-        return 0, self.ends[partition.topic, partition.partition]
-
-
 def pipeline_settings(database: Database, port: int | None = None) -> SimpleNamespace:
-    """What assigned_sources asks of the settings: the database's."""
+    """What topic_sources asks of the settings: the database's."""
     settings = settings_of(database)
     return SimpleNamespace(database=lambda: dataclasses.replace(
         settings, port=port or settings.port, connect_timeout_s=2))
@@ -145,12 +134,10 @@ def pipeline_settings(database: Database, port: int | None = None) -> SimpleName
 
 def test_the_daemon_keeps_the_last_known_source_while_the_database_is_away(
         database: Database, caplog: pytest.LogCaptureFixture) -> None:
-    partitions = [pipeline.TopicPartition("lmnh", 0), pipeline.TopicPartition("lmnh", 1)]
-    consumer = Consumer({("lmnh", 0): 3, ("lmnh", 1): 4})
+    ends = {"lmnh": {0: 3, 1: 4}}  # as the consumer stage reads them at assignment
     mark(database, "lmnh", 0, 70)
     with caplog.at_level(logging.INFO, "pipeline"):
-        sources, recreated = pipeline.assigned_sources(consumer, pipeline_settings(database),
-                                                       partitions, {})
+        sources, recreated = pipeline.topic_sources(pipeline_settings(database), ends, {})
     assert sources == {"lmnh": "lmnh~2"} and recreated == {"lmnh"}
     assert [r.getMessage() for r in caplog.records] == [
         "topic lmnh was recreated (partition 0 ends at 3, 70 were judged from it): its messages"
@@ -160,18 +147,11 @@ def test_the_daemon_keeps_the_last_known_source_while_the_database_is_away(
     caplog.clear()
     away = pipeline_settings(database, free_port())
     with caplog.at_level(logging.INFO, "pipeline"):
-        assert pipeline.assigned_sources(consumer, away, partitions, sources) == (sources, set())
-        assert pipeline.assigned_sources(consumer, away, partitions, {}) == ({}, set())
+        assert pipeline.topic_sources(away, ends, sources) == (sources, set())
+        assert pipeline.topic_sources(away, ends, {}) == ({}, set())
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
     assert lines[0].startswith("cannot check whether topic lmnh was recreated (")
     assert lines[0].endswith("its messages are stored as source lmnh~2, the last known")
     assert lines[1].endswith("its messages are stored as source lmnh, the last known")
     assert "\n" not in lines[0]
-
-
-def test_a_recreated_topic_is_read_from_its_first_message() -> None:
-    partitions = [pipeline.TopicPartition("lmnh", 0), pipeline.TopicPartition("other", 1, 7)]
-    assigned = pipeline.from_the_start(partitions, {"lmnh"})
-    assert [(p.topic, p.partition, p.offset) for p in assigned] == [
-        ("lmnh", 0, pipeline.OFFSET_BEGINNING), ("other", 1, 7)]
