@@ -42,6 +42,7 @@ from confluent_kafka import Message
 
 import db
 from lmnh.core import judging, topics
+from lmnh.core.errors import one_line
 from lmnh.core.judging import JudgedBatch
 from lmnh.core.offsets import OffsetTracker
 from lmnh.core.rows import Partition
@@ -180,7 +181,7 @@ class Alerting:
             marks = db.judged_marks(settings.database(), sorted(keys))
         except db.Error as error:  # alert every emergency read: a duplicate, not a loss
             log.warning("cannot read the stored progress (%s); emergencies read again may be"
-                        " alerted again", _one_line(error))
+                        " alerted again", one_line(error))
             marks = {}
         for key in keys:
             self.marks[key] = marks.get(key, 0)
@@ -322,7 +323,7 @@ class Daemon:
             log.error("refusing to go on: %s", error)
             return EXIT_SCHEMA
         except db.Error as error:
-            log.error("database error, stopping without committing: %s", _one_line(error))
+            log.error("database error, stopping without committing: %s", one_line(error))
             return 1
         except (JudgingFailed, KafkaFatal) as error:
             log.error("%s; stopping without committing", error)
@@ -459,7 +460,7 @@ def topic_sources(settings: PipelineSettings, ends: dict[str, dict[int, int]],
     except db.Error as error:
         for topic in sorted(ends):
             log.warning("cannot check whether topic %s was recreated (%s); its messages are"
-                        " stored as source %s, the last known", topic, _one_line(error),
+                        " stored as source %s, the last known", topic, one_line(error),
                         known.get(topic, topic))
         return sources, set()
     recreated = set()
@@ -476,10 +477,6 @@ def topic_sources(settings: PipelineSettings, ends: dict[str, dict[int, int]],
 
 def _nothing(_: object) -> None:
     """The `then` of writer work that hands nothing on."""
-
-
-def _one_line(error: BaseException | None) -> str:
-    return " ".join(str(error).split()) if error else "unknown error"
 
 
 def check(settings: PipelineSettings) -> int:
@@ -518,7 +515,7 @@ def check(settings: PipelineSettings) -> int:
             print(f"ok    {name}: {probe()}", flush=True)
         except Exception as error:  # each failure is reported; none stops the other checks
             failures += 1
-            print(f"FAIL  {name}: {_one_line(error)}", flush=True)
+            print(f"FAIL  {name}: {one_line(error)}", flush=True)
     for warning in warnings:
         print(f"WARN  {warning}", flush=True)
     return 1 if failures else 0
@@ -538,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         exhibitions = load_exhibitions(s3_client(), settings.S3_BUCKET)
     except METADATA_ERRORS as error:
-        log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, _one_line(error))
+        log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, one_line(error))
         return 1
     log.info("loaded %d exhibitions from s3://%s: %s", len(exhibitions), settings.S3_BUCKET,
              ", ".join(e.public_id for e in exhibitions.values()))
@@ -563,12 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("refusing to start: %s", error)
         return EXIT_SCHEMA
     except db.Error as error:
-        log.error("database error at start-up: %s", _one_line(error))
+        log.error("database error at start-up: %s", one_line(error))
         return 1
     metrics.watch_alerts(daemon.alerting.sender)
     log.info("database %s:%s/%s, topic %s, group %s%s, reject log %s", settings.DATABASE_IP,
              settings.DATABASE_PORT, settings.DATABASE_NAME, settings.TOPIC, settings.GROUP,
-             f" as static member {settings.GROUP_INSTANCE_ID}" if settings.GROUP_INSTANCE_ID
+             f" as static member {settings.GROUP_INSTANCE_ID}"
+             if settings.GROUP_INSTANCE_ID.lower() != "off"
              else "", settings.REJECT_LOG)
     tune_interpreter()
     code = daemon.run()

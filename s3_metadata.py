@@ -25,6 +25,8 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
+from lmnh.core.errors import one_line
+
 log = logging.getLogger("s3_metadata")
 
 EXHIBITION_KEY = re.compile(r"lmnh_exhibition_[^/]+\.json")
@@ -163,6 +165,6 @@ def load_exhibitions(s3_client: Any, bucket: str,
         try:
             files[key] = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except botocore.exceptions.ClientError as error:
-            log.warning("cannot read s3 object %s: %s", key, " ".join(str(error).split()))
+            log.warning("cannot read s3 object %s: %s", key, one_line(error))
             files[key] = None
     return exhibitions_from_files(files, loaded)

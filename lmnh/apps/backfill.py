@@ -31,6 +31,7 @@ import psycopg2
 
 import db
 import validation
+from lmnh.core.errors import one_line
 from lmnh.services.reject_log import RejectLog, format_reject_line
 from lmnh.settings import BackfillSettings, read_settings
 from s3_metadata import METADATA_ERRORS, load_exhibitions, s3_client
@@ -259,22 +260,18 @@ def backfill(s3: Any, bucket: str, conn: db.Connection, reject_log: RejectLog, r
     return summaries
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def run(settings: BackfillSettings) -> int:
     """The whole command after the settings are read; returns the exit status."""
     try:
         exhibitions = load_exhibitions(s3_client(), settings.S3_BUCKET)
     except METADATA_ERRORS as error:
-        log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, _one_line(error))
+        log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, one_line(error))
         return 1
     rules = settings.rules({number: e.start_date for number, e in exhibitions.items()})
     try:
         conn = db.connect(settings.database(), application_name="lmnh-backfill")
     except psycopg2.Error as error:
-        log.error("cannot reach the database: %s", _one_line(error))
+        log.error("cannot reach the database: %s", one_line(error))
         return 1
     except db.SchemaMismatch as error:
         log.error("%s", error)
@@ -282,7 +279,7 @@ def run(settings: BackfillSettings) -> int:
     try:
         db.check_clock(conn, settings.clock())
     except (db.SchemaMismatch, psycopg2.Error) as error:
-        log.error("%s", _one_line(error))
+        log.error("%s", one_line(error))
         conn.close()
         return 1
     log.info("backfilling s3://%s/%s*.csv into %s:%s/%s, %d exhibitions, reject log %s",
@@ -299,11 +296,11 @@ def run(settings: BackfillSettings) -> int:
             reject_log.close()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
         log.error("s3 error, stopping (run again to finish; nothing is stored twice): %s",
-                  _one_line(error))
+                  one_line(error))
         return 1
     except psycopg2.Error as error:
         log.error("database error, stopping (run again to finish; nothing is stored twice): %s",
-                  _one_line(error))
+                  one_line(error))
         return 1
     except OSError as error:
         log.error("cannot write the reject log %s (%s); stopping", settings.REJECT_LOG,

@@ -24,11 +24,8 @@ from collections.abc import Sequence
 import psycopg2
 
 import db
+from lmnh.core.errors import one_line
 from lmnh.settings import EXIT_CONFIG, MigrateSettings, read_settings
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         conn = db.open_connection(target, "lmnh-migrate")
     except psycopg2.Error as error:
-        print(f"cannot reach the database {where}: {_one_line(error)}", file=sys.stderr)
+        print(f"cannot reach the database {where}: {one_line(error)}", file=sys.stderr)
         return 1
     try:
         if args.status:
@@ -65,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"not migrated: {error}", file=sys.stderr)
         return 1
     except psycopg2.Error as error:
-        print(f"migration failed, nothing changed: {_one_line(error)}", file=sys.stderr)
+        print(f"migration failed, nothing changed: {one_line(error)}", file=sys.stderr)
         return 1
     finally:
         conn.close()

@@ -28,6 +28,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
+from lmnh.core import errors
 from lmnh.core.rows import Interaction
 from s3_metadata import Exhibition
 
@@ -73,7 +74,7 @@ class Outcome(NamedTuple):
 def permanent_refusal(error: Exception) -> str | None:
     """The reason, if `error` refuses this one alert for good; None if a retry may succeed."""
     if isinstance(error, botocore.exceptions.ParamValidationError):
-        return " ".join(str(error).split())  # boto3 would not even send it
+        return errors.one_line(error)  # boto3 would not even send it
     if isinstance(error, botocore.exceptions.ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         if code in PERMANENT:
@@ -242,10 +243,10 @@ class AlertSender:
                 if waited >= PENDING_ERROR_S and now - last_error_log >= PENDING_ERROR_S:
                     last_error_log = now
                     log.error("alert pending for %.0f s, SNS still refuses (%s): %s",
-                              waited, " ".join(str(error).split()), alert.subject)
+                              waited, errors.one_line(error), alert.subject)
                 elif item.attempts == 1:
                     log.warning("alert not sent yet (%s); retrying with backoff: %s",
-                                " ".join(str(error).split()), alert.subject)
+                                errors.one_line(error), alert.subject)
                 with self._lock:
                     item.due = now + item.wait
                     item.wait = min(item.wait * 2, BACKOFF_S[1])

@@ -21,6 +21,7 @@ import psycopg2
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
 import db
+from lmnh.core.errors import one_line
 from lmnh.core.outage import Outage
 from lmnh.services import metrics
 
@@ -107,8 +108,7 @@ class Writer:
                         self.failure = error
                         self._changed.notify_all()
                     return
-                log.warning("database work besides the batches failed: %s",
-                            " ".join(str(error).split()))
+                log.warning("database work besides the batches failed: %s", one_line(error))
                 result = None
                 task = task._replace(then=_ignore)
             with self._changed:
@@ -145,7 +145,7 @@ class Writer:
         self.down.set()
         self._health.database_up = False
         metrics.DATABASE_UP.set(0)
-        self.outage.failed(" ".join(str(error).split()) or type(error).__name__)
+        self.outage.failed(one_line(error))
 
 
 def _ignore(_: Any) -> None:
