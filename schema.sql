@@ -124,7 +124,7 @@ CREATE TABLE schema_version (
     version    INTEGER PRIMARY KEY CHECK (version >= 1),
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-INSERT INTO schema_version (version) VALUES (3);
+INSERT INTO schema_version (version) VALUES (4);
 
 -- Emergency alerts, recorded with the press (same transaction) and marked when SNS accepts the
 -- message: sent_at is NULL while the alert is pending. The words are stored, so an alert sent
