@@ -170,23 +170,30 @@ def tls_state(conn: Connection, settings: DatabaseSettings) -> TlsState:
                     protocol is not None and settings.effective_sslmode == "verify-full")
 
 
-def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline") -> Connection:
+def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline",
+            clock: MuseumClock | None = None) -> Connection:
     """The writer's connection, with its session's staging tables for replayed batches.
 
-    SchemaMismatch if the database's schema is not this release's."""
+    Raises SchemaMismatch, on every connection (the first or a reconnect), when the database's
+    schema is not this release's or, given `clock`, when the database counts in another museum
+    clock (or holds none); the connection is closed first. Any other failure is a psycopg2.Error
+    (CONNECTION_ERRORS: the server may be back later), the connection closed as well."""
     conn = open_connection(settings, application_name)
     try:
         check_schema(conn)
-    except SchemaMismatch:
+        if clock is not None:
+            check_clock(conn, clock)
+        with conn.cursor() as cur:
+            for table in ("rating_interaction", "request_interaction", "rejected_message"):
+                cur.execute(sql.SQL(
+                    "CREATE TEMP TABLE {staging} ON COMMIT DELETE ROWS AS SELECT * FROM {table}"
+                    " WITH NO DATA"
+                ).format(staging=sql.Identifier(f"staging_{table}"),
+                         table=sql.Identifier(table)))
+        conn.commit()
+    except BaseException:
         conn.close()
         raise
-    with conn.cursor() as cur:
-        for table in ("rating_interaction", "request_interaction", "rejected_message"):
-            cur.execute(sql.SQL(
-                "CREATE TEMP TABLE {staging} ON COMMIT DELETE ROWS AS SELECT * FROM {table}"
-                " WITH NO DATA"
-            ).format(staging=sql.Identifier(f"staging_{table}"), table=sql.Identifier(table)))
-    conn.commit()
     return conn
 
 
@@ -259,13 +266,18 @@ def check_schema(conn: Connection) -> int:
 
 
 def read_museum_clock(conn: Connection) -> MuseumClock:
-    """The zone and hours the views, rollups and dashboard use. Leaves no transaction open."""
+    """The zone and hours the views, rollups and dashboard use (SchemaMismatch if the row is
+    missing). Leaves no transaction open."""
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT time_zone, opening_time, closing_time FROM museum_settings")
-            return MuseumClock(*cur.fetchone())
+            row = cur.fetchone()
     finally:
         conn.rollback()
+    if row is None:
+        raise SchemaMismatch(f"the database holds no museum clock (its museum_settings row is"
+                             f" missing): run `{MIGRATE_COMMAND}` to write it")
+    return MuseumClock(*row)
 
 
 def check_clock(conn: Connection, clock: MuseumClock) -> None:
@@ -318,6 +330,10 @@ def migrate(conn: Connection, clock: MuseumClock) -> tuple[int, list[int]]:
                 cur.execute(path.read_text())
                 cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
                 applied.append(version)
+        # A database whose clock row was deleted gets the settings' (the views bake it in).
+        cur.execute("INSERT INTO museum_settings (time_zone, opening_time, closing_time)"
+                    " SELECT %s, %s, %s WHERE NOT EXISTS (SELECT FROM museum_settings)",
+                    (clock.zone, clock.opens, clock.closes))
         views = SCHEMA_FILES[1].read_text()
         cur.execute(views)
         cur.execute("SELECT time_zone, opening_time, closing_time FROM museum_settings")

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import time as dt_time
 
 import psycopg2
 import pytest
@@ -140,3 +141,25 @@ def test_a_copy_through_a_link_that_stops_fails_within_seconds(
         blackhole.close()  # an old client's COPY ends too: its link is closed
         worker.join(10)
         conn.close()
+
+
+def test_connect_raises_schema_mismatch_for_the_clock_and_a_missing_clock_row(
+        database: Database) -> None:
+    server = database.server
+    settings = settings_for(database, server.host, server.port)
+    london = db.MuseumClock("Europe/London", dt_time(8, 45), dt_time(18, 15))
+    db.connect(settings, clock=london).close()
+    with pytest.raises(db.SchemaMismatch, match="differs from the database's"):
+        db.connect(settings, clock=db.MuseumClock("Asia/Kolkata", dt_time(8, 45),
+                                                  dt_time(18, 15)))
+    database.execute("DELETE FROM museum_settings")
+    with pytest.raises(db.SchemaMismatch, match="no museum clock"):
+        db.connect(settings, clock=london)
+    admin = psycopg2.connect(database.url)
+    try:
+        assert db.migrate(admin, london) == (db.latest_version(), [])  # writes the row back
+    finally:
+        admin.close()
+    db.connect(settings, clock=london).close()
+    assert database.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                           " AND application_name = 'lmnh-pipeline'", (database.name,)) == 0
