@@ -65,6 +65,10 @@ class DatabaseSettings:
     sslrootcert: str | None = None
     connect_timeout_s: int = 10
     statement_timeout_ms: int = 30_000
+    # How long sent data may stay unacknowledged before the kernel drops the connection (libpq's
+    # tcp_user_timeout, Linux): a COPY on a link that went silent fails within this, rather than
+    # after minutes of retransmissions, so a SIGTERM is answered within the unit's 10 s.
+    tcp_user_timeout_ms: int = 10_000
 
     @property
     def effective_sslmode(self) -> str:
@@ -133,10 +137,15 @@ class ExhibitionConflict:
 class UpsertResult:
     conflicts: tuple[ExhibitionConflict, ...] = ()
     refused: tuple[tuple[Exhibition, str], ...] = ()  # (exhibition, the database's reason)
+    # number -> the exhibition as the database holds it after the upsert (a conflict's stored
+    # one), for every number given but the refused: what the rules may be built from.
+    held: dict[int, Exhibition] = dataclasses.field(default_factory=dict)
 
 
 def open_connection(settings: DatabaseSettings, application_name: str) -> Connection:
-    """A connection with TLS, timeouts and keepalives as configured."""
+    """A connection with TLS, timeouts and keepalives as configured. Keepalives find a silent
+    peer while the connection is idle (within 30 + 3 x 10 s); tcp_user_timeout while data is
+    waiting for its acknowledgement (a COPY or a query sent into a dead link)."""
     return psycopg2.connect(
         host=settings.host,
         port=settings.port,
@@ -152,6 +161,7 @@ def open_connection(settings: DatabaseSettings, application_name: str) -> Connec
         keepalives_idle=30,
         keepalives_interval=10,
         keepalives_count=3,
+        tcp_user_timeout=settings.tcp_user_timeout_ms,
     )
 
 
@@ -180,23 +190,26 @@ def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline",
             clock: MuseumClock | None = None) -> Connection:
     """The writer's connection, with its session's staging tables for replayed batches.
 
-    SchemaMismatch if the database's schema is not this release's, or its museum clock is
-    not `clock` (when given): on every connection, the first and each reconnect alike."""
+    Raises SchemaMismatch, on every connection (the first or a reconnect), when the database's
+    schema is not this release's or, given `clock`, when the database counts in another museum
+    clock (or holds none); the connection is closed first. Any other failure is a psycopg2.Error
+    (CONNECTION_ERRORS: the server may be back later), the connection closed as well."""
     conn = open_connection(settings, application_name)
     try:
         check_schema(conn)
         if clock is not None:
             check_clock(conn, clock)
-    except SchemaMismatch:
+        with conn.cursor() as cur:
+            for table in ("rating_interaction", "request_interaction", "rejected_message"):
+                cur.execute(sql.SQL(
+                    "CREATE TEMP TABLE {staging} ON COMMIT DELETE ROWS AS SELECT * FROM {table}"
+                    " WITH NO DATA"
+                ).format(staging=sql.Identifier(f"staging_{table}"),
+                         table=sql.Identifier(table)))
+        conn.commit()
+    except BaseException:
         conn.close()
         raise
-    with conn.cursor() as cur:
-        for table in ("rating_interaction", "request_interaction", "rejected_message"):
-            cur.execute(sql.SQL(
-                "CREATE TEMP TABLE {staging} ON COMMIT DELETE ROWS AS SELECT * FROM {table}"
-                " WITH NO DATA"
-            ).format(staging=sql.Identifier(f"staging_{table}"), table=sql.Identifier(table)))
-    conn.commit()
     return conn
 
 
@@ -269,13 +282,18 @@ def check_schema(conn: Connection) -> int:
 
 
 def read_museum_clock(conn: Connection) -> MuseumClock:
-    """The zone and hours the views, rollups and dashboard use. Leaves no transaction open."""
+    """The zone and hours the views, rollups and dashboard use (SchemaMismatch if the row is
+    missing). Leaves no transaction open."""
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT time_zone, opening_time, closing_time FROM museum_settings")
-            return MuseumClock(*cur.fetchone())
+            row = cur.fetchone()
     finally:
         conn.rollback()
+    if row is None:
+        raise SchemaMismatch(f"the database holds no museum clock (its museum_settings row is"
+                             f" missing): run `{MIGRATE_COMMAND}` to write it")
+    return MuseumClock(*row)
 
 
 def check_clock(conn: Connection, clock: MuseumClock) -> None:
@@ -328,6 +346,10 @@ def migrate(conn: Connection, clock: MuseumClock) -> tuple[int, list[int]]:
                 cur.execute(path.read_text())
                 cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
                 applied.append(version)
+        # A database whose clock row was deleted gets the settings' (the views bake it in).
+        cur.execute("INSERT INTO museum_settings (time_zone, opening_time, closing_time)"
+                    " SELECT %s, %s, %s WHERE NOT EXISTS (SELECT FROM museum_settings)",
+                    (clock.zone, clock.opens, clock.closes))
         views = SCHEMA_FILES[1].read_text()
         cur.execute(views)
         cur.execute("SELECT time_zone, opening_time, closing_time FROM museum_settings")
@@ -342,47 +364,60 @@ def upsert_exhibitions(conn: Connection, exhibitions: Iterable[Exhibition]) -> U
 
     An exhibition whose number is stored under another name or department is left as stored
     (reported as a conflict); one the database refuses (a value it cannot hold) is skipped and
-    reported, so a bad file never stops the others.
+    reported, so a bad file never stops the others. The result's `held` is what the database
+    holds afterwards for the numbers given, as stored (a conflict's stored exhibition), without
+    the refused: judge presses by it, never by the metadata alone.
+
+    A department or floor is inserted only when absent, so an upsert of known exhibitions spends
+    no identity value (their SMALLINT identities would run out after some thousands of starts).
+    Exhibitions go in number order, so two writers upserting at once take their row locks in one
+    order; a department or floor another writer is inserting is waited for, then used.
     """
     conflicts: list[ExhibitionConflict] = []
     refused: list[tuple[Exhibition, str]] = []
+    held: dict[int, Exhibition] = {}
     with conn, conn.cursor() as cur:
-        for exhibition in exhibitions:
+        for exhibition in sorted(exhibitions, key=lambda e: e.number):
             cur.execute("SAVEPOINT exhibition")
             try:
                 stored = _upsert_exhibition(cur, exhibition)
             except (psycopg2.DataError, psycopg2.IntegrityError,
                     psycopg2.errors.ProgramLimitExceeded) as error:
+                # DataError includes an identity whose values are used up (2200H).
                 cur.execute("ROLLBACK TO SAVEPOINT exhibition")
                 refused.append((exhibition, " ".join(str(error).split())))
                 continue
-            if stored is not None:
-                conflicts.append(ExhibitionConflict(*stored, exhibition))
-    return UpsertResult(tuple(conflicts), tuple(refused))
+            cur.execute("RELEASE SAVEPOINT exhibition")
+            if stored != exhibition:
+                conflicts.append(ExhibitionConflict(stored.name, stored.department, exhibition))
+            held[exhibition.number] = stored
+    return UpsertResult(tuple(conflicts), tuple(refused), held)
 
 
-def _upsert_exhibition(cur: psycopg2.extensions.cursor,
-                       exhibition: Exhibition) -> tuple[str, str] | None:
-    """Insert or update one exhibition; return the stored (name, department) when they differ
-    from the metadata's, in which case nothing is changed."""
-    cur.execute(
-        "SELECT e.exhibition_name, d.department_name FROM exhibition e"
-        " JOIN department d USING (department_id) WHERE e.exhibition_id = %s",
-        (exhibition.number,))
-    stored = cur.fetchone()
-    if stored is not None and tuple(stored) != (exhibition.name, exhibition.department):
-        return (stored[0], stored[1])
-    cur.execute("INSERT INTO department (department_name) VALUES (%s) ON CONFLICT DO NOTHING",
-                (exhibition.department,))
-    cur.execute("INSERT INTO floor (floor_name) VALUES (%s) ON CONFLICT DO NOTHING",
-                (exhibition.floor,))
+_STORED_EXHIBITION = (
+    "SELECT e.exhibition_id, e.public_id, e.exhibition_name, f.floor_name, d.department_name,"
+    " e.start_date, e.exhibition_description FROM exhibition e"
+    " JOIN department d USING (department_id) JOIN floor f USING (floor_id)"
+    " WHERE e.exhibition_id = %s")
+
+
+def _upsert_exhibition(cur: psycopg2.extensions.cursor, exhibition: Exhibition) -> Exhibition:
+    """Insert or update one exhibition and return it as stored: the metadata's, or the stored
+    one (unchanged) when it has another name or department."""
+    cur.execute(_STORED_EXHIBITION, (exhibition.number,))
+    row = cur.fetchone()
+    if row is not None:
+        stored = Exhibition(*row, source_key=exhibition.source_key)
+        if (stored.name, stored.department) != (exhibition.name, exhibition.department):
+            return stored
+        if stored == exhibition:
+            return exhibition  # nothing to write
     cur.execute(
         """
         INSERT INTO exhibition (exhibition_id, public_id, exhibition_name,
                                 exhibition_description, start_date, department_id, floor_id)
         VALUES (%(number)s, %(public_id)s, %(name)s, %(description)s, %(start_date)s,
-                (SELECT department_id FROM department WHERE department_name = %(department)s),
-                (SELECT floor_id FROM floor WHERE floor_name = %(floor)s))
+                %(department_id)s, %(floor_id)s)
         ON CONFLICT (exhibition_id) DO UPDATE SET
             public_id = EXCLUDED.public_id,
             exhibition_name = EXCLUDED.exhibition_name,
@@ -397,11 +432,33 @@ def _upsert_exhibition(cur: psycopg2.extensions.cursor,
             "name": exhibition.name,
             "description": exhibition.description,
             "start_date": exhibition.start_date,
-            "department": exhibition.department,
-            "floor": exhibition.floor,
+            "department_id": _name_id(cur, "department", exhibition.department),
+            "floor_id": _name_id(cur, "floor", exhibition.floor),
         },
     )
-    return None
+    return exhibition
+
+
+def _name_id(cur: psycopg2.extensions.cursor, table: str, name: str) -> int:
+    """The id of the department or floor named `name`, inserting it only when absent: an
+    INSERT, even one that ON CONFLICT skips, spends an identity value. When another writer
+    inserts the same name at once, ON CONFLICT waits for its transaction: committed, its row is
+    read back (this statement's snapshot is newer); rolled back, this insert goes ahead."""
+    select = sql.SQL("SELECT {id} FROM {table} WHERE {name} = %s").format(
+        id=sql.Identifier(f"{table}_id"), table=sql.Identifier(table),
+        name=sql.Identifier(f"{table}_name"))
+    cur.execute(select, (name,))
+    row = cur.fetchone()
+    if row is None:
+        cur.execute(sql.SQL(
+            "INSERT INTO {table} ({name}) VALUES (%s) ON CONFLICT DO NOTHING RETURNING {id}"
+        ).format(id=sql.Identifier(f"{table}_id"), table=sql.Identifier(table),
+                 name=sql.Identifier(f"{table}_name")), (name,))
+        row = cur.fetchone()
+        if row is None:  # another writer's, committed while this insert waited
+            cur.execute(select, (name,))
+            row = cur.fetchone()
+    return row[0]
 
 
 class Table(NamedTuple):

@@ -142,9 +142,9 @@ class Catalogue:
         """The writer's task that stores `exhibitions`, then judges by what it holds."""
         self.loaded = exhibitions
         return Task(lambda conn: db.upsert_exhibitions(conn, exhibitions.values()),
-                    lambda result: self._stored(exhibitions, result), batch=batch)
+                    self._stored, batch=batch)
 
-    def _stored(self, exhibitions: dict[int, Exhibition], result: db.UpsertResult) -> None:
+    def _stored(self, result: db.UpsertResult) -> None:
         for conflict in result.conflicts:
             log.warning("%s is now %r (%s) in the bucket but the database holds %r (%s) under"
                         " that number; keeping the stored exhibition, so its rows keep it",
@@ -153,8 +153,7 @@ class Catalogue:
         for exhibition, reason in result.refused:
             log.warning("exhibition %s not stored, the database refuses it: %s; its presses"
                         " are rejected as an unknown site", exhibition.public_id, reason)
-        refused = {exhibition.number for exhibition, _ in result.refused}
-        held = {n: e for n, e in exhibitions.items() if n not in refused}
+        held = result.held
         if self.held and held != self.held:
             added = sorted(e.public_id for n, e in held.items() if n not in self.held)
             removed = sorted(e.public_id for n, e in self.held.items() if n not in held)

@@ -4,6 +4,11 @@
 -- schema_views.sql holds what holds no data (functions, triggers, views, roles, grants) and is
 -- re-applied whole after every migration.
 
+-- First, before anything is created or run: no role but the schema's owner creates objects in
+-- public (PostgreSQL 14's default let every role; schema_views.sql revokes it from the kiosk
+-- roles too and checks).
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+
 DROP TABLE IF EXISTS rating_interaction, request_interaction, rejected_message, rating_hourly,
     request_hourly, exhibition, department, floor, rating, request, museum_settings,
     schema_version, emergency_alert, source_progress, topic_source CASCADE;

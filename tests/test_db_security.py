@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -278,3 +278,50 @@ def test_no_role_but_the_owner_may_create_in_public_after_the_schema(
     assert not old_database.scalar("""
         SELECT bool_or(has_function_privilege('lmnh_writer', p.oid, 'EXECUTE'))
         FROM pg_proc p WHERE p.proname = 'count_into_hourly'""")
+
+
+# Bait for the reset itself: what its schema_views.sql calls or resolves by name. museum_zone()
+# is called (to learn the zone baked before) before the new one replaces it; format(text, text)
+# is a closer match than pg_catalog's variadic format for a two-argument call; date_trunc(text,
+# date) a closer one than pg_catalog's (text, timestamptz) for a view's date_trunc('week', date).
+RESET_BAIT = """
+CREATE FUNCTION public.museum_zone() RETURNS text LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.planted('museum_zone'); RETURN 'Europe/London'; END $$;
+CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.planted('format(text, text)'); RETURN pg_catalog.format($1, $2); END $$;
+CREATE FUNCTION public.date_trunc(text, date) RETURNS timestamptz LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.planted('date_trunc(text, date)'); RETURN now(); END $$;
+"""
+
+
+def test_nothing_the_reader_plants_for_the_reset_is_called(old_database: Database) -> None:
+    server = old_database.server
+    reader = role_url(server, old_database.name, "lmnh_reader", READER_PASSWORD)
+    execute_as(reader, BAIT, RESET_BAIT)
+
+    done = reset_database(old_database, server.user)
+    assert done.returncode == 0, done.stderr
+    assert old_database.query("SELECT what, by_role FROM public.planted_calls") == []
+    # The museum's clock is the administrator's function, searching nothing it did not choose.
+    assert old_database.query("""
+        SELECT pg_get_userbyid(proowner), proconfig FROM pg_proc
+        WHERE oid = 'public.museum_zone()'::regprocedure""") == [
+        (server.user, ["search_path=pg_catalog, pg_temp"])]
+    assert old_database.scalar("SELECT public.museum_zone()") == "Europe/London"
+    # The views answer without the planted functions, for the administrator and the reader.
+    execute_as(server.url(old_database.name), """
+        INSERT INTO public.department (department_name) VALUES ('Zoology');
+        INSERT INTO public.floor (floor_name) VALUES ('1');
+        INSERT INTO public.exhibition VALUES (0, 'EXH_00', 'E', '', '2024-01-01', 1, 1);
+        INSERT INTO public.rating_interaction VALUES (0, 4, '2026-03-04 10:00+00', 'lmnh', 0, 0)
+        """)
+    assert old_database.query("SELECT local_week FROM v_exhibition_daily") == [
+        (date(2026, 3, 2),)]
+    execute_as(reader, "SELECT * FROM public.v_exhibition_daily, public.v_exhibition_hourly,"
+                       " public.v_rating, public.v_rejects_daily")
+    assert old_database.query("SELECT what, by_role FROM public.planted_calls") == []
+    assert old_database.scalar(
+        "SELECT rolsuper FROM pg_roles WHERE rolname = 'lmnh_reader'") is False
+    # Nor may the reader replace the administrator's function now.
+    assert refused(reader, "CREATE OR REPLACE FUNCTION public.museum_zone() RETURNS text"
+                           " LANGUAGE sql AS $$ SELECT 'UTC'::text $$")

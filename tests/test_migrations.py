@@ -135,7 +135,7 @@ def test_a_release_1_database_is_upgraded_keeping_every_row(pg_server: PgServer)
     result = migrate(old)
     assert result.returncode == 0, result.stderr
     assert f"schema version 1 -> {db.latest_version()}" in result.stdout
-    assert "0002" in result.stdout and result.stderr == ""
+    assert "0002" in result.stdout and "0004" in result.stdout and result.stderr == ""
 
     fresh = new_database(pg_server)
     conn = psycopg2.connect(fresh.url)
@@ -149,6 +149,12 @@ def test_a_release_1_database_is_upgraded_keeping_every_row(pg_server: PgServer)
     assert view_rows(old, release_1_views) == before_views  # what release 1 answered, unchanged
     assert catalog(old) == catalog(fresh)
     assert old.scalar("SELECT max(version) FROM schema_version") == db.latest_version()
+    # 0004: each identity continues after the highest id stored, as on the fresh database.
+    for database in (old, fresh):
+        assert database.query(
+            "SELECT last_value FROM pg_sequences WHERE schemaname = 'public' AND sequencename"
+            " IN ('department_department_id_seq', 'floor_floor_id_seq') ORDER BY 1") == [
+            (2,), (2,)]
 
     again = migrate(old)  # nothing left to do, nothing changed
     assert again.returncode == 0 and "migrations applied: none needed" in again.stdout

@@ -5,6 +5,35 @@
 DROP VIEW IF EXISTS v_rating, v_request, v_exhibition_hourly, v_exhibition_daily,
     v_rejects_daily, exhibition_hour_counts CASCADE;
 
+-- Roles without passwords: lmnh_writer for the pipeline, lmnh_reader for Tableau.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_writer') THEN
+        CREATE ROLE lmnh_writer LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_reader') THEN
+        CREATE ROLE lmnh_reader LOGIN;
+    END IF;
+END
+$$;
+
+-- Only the schema's owner creates objects in public. PostgreSQL 14 and older (and databases
+-- upgraded from them) let every role create there, so a reader could plant a function or an
+-- operator that a statement run as another role would pick up. Revoked first, before this file
+-- calls anything: below, every call is schema-qualified or has an exact match in pg_catalog
+-- (searched first), and what another role planted before is never called (museum_zone()).
+REVOKE CREATE ON SCHEMA public FROM PUBLIC, lmnh_writer, lmnh_reader;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace AS n,
+                   pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) AS a
+               WHERE n.nspname = 'public' AND a.grantee = 0 AND a.privilege_type = 'CREATE') THEN
+        RAISE EXCEPTION 'every role may still create objects in schema public'
+            USING HINT = 'run this as the owner of schema public (or a superuser)';
+    END IF;
+END
+$$;
+
 -- The museum's zone, from museum_settings, baked into museum_zone() as a constant: IMMUTABLE,
 -- so the planner folds it into the views, the trigger and the index below exactly as it folded
 -- the literal zone before (no table read per row, and the index is usable). That is
@@ -14,27 +43,42 @@ DROP VIEW IF EXISTS v_rating, v_request, v_exhibition_hourly, v_exhibition_daily
 DO $$
 DECLARE
     zone TEXT := (SELECT time_zone FROM public.museum_settings);
+    existing regprocedure := pg_catalog.to_regprocedure('public.museum_zone()');
     baked TEXT;
+    recount BOOLEAN := false;
 BEGIN
-    IF to_regprocedure('public.museum_zone()') IS NOT NULL THEN
-        EXECUTE 'SELECT public.museum_zone()' INTO baked;
+    IF existing IS NOT NULL THEN
+        IF (SELECT proowner FROM pg_catalog.pg_proc WHERE oid = existing)
+                = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+            EXECUTE 'SELECT public.museum_zone()' INTO baked;
+        ELSE
+            -- Another role's (planted while every role could create in public): never run
+            -- as this role, never kept (CREATE OR REPLACE would keep its owner). What it was
+            -- baked with is unknown, so the rollups are recounted.
+            DROP FUNCTION public.museum_zone() CASCADE;
+            recount := true;
+        END IF;
     END IF;
-    EXECUTE format('CREATE OR REPLACE FUNCTION public.museum_zone() RETURNS TEXT LANGUAGE sql'
-                   ' IMMUTABLE PARALLEL SAFE AS %L', format('SELECT %L::text', zone));
+    -- No name in its body to look up: it runs with pg_catalog alone all the same.
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE FUNCTION public.museum_zone() RETURNS TEXT LANGUAGE sql'
+        ' IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS %L',
+        pg_catalog.format('SELECT %L::text', zone));
     IF baked IS DISTINCT FROM zone THEN
         DROP INDEX IF EXISTS public.rejected_message_local_date_idx;
     END IF;
-    IF baked IS NOT NULL AND baked <> zone THEN
+    IF recount OR (baked IS NOT NULL AND baked <> zone) THEN
         TRUNCATE public.rating_hourly, public.request_hourly;
         INSERT INTO public.rating_hourly (local_date, exhibition_id, local_hour, rating_value, ratings)
         SELECT (event_at AT TIME ZONE zone)::date, exhibition_id,
-               extract(hour FROM event_at AT TIME ZONE zone), rating_value, count(*)
+               extract(hour FROM event_at AT TIME ZONE zone), rating_value, pg_catalog.count(*)
         FROM public.rating_interaction GROUP BY 1, 2, 3, 4;
         INSERT INTO public.request_hourly (local_date, exhibition_id, local_hour, request_value, requests)
         SELECT (event_at AT TIME ZONE zone)::date, exhibition_id,
-               extract(hour FROM event_at AT TIME ZONE zone), request_value, count(*)
+               extract(hour FROM event_at AT TIME ZONE zone), request_value, pg_catalog.count(*)
         FROM public.request_interaction GROUP BY 1, 2, 3, 4;
-        RAISE NOTICE 'museum time zone changed from % to %: hourly rollups recounted', baked, zone;
+        RAISE NOTICE 'museum time zone changed from % to %: hourly rollups recounted',
+            coalesce(baked, 'unknown'), zone;
     END IF;
 END
 $$;
@@ -179,7 +223,7 @@ SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
        c.bad::bigint AS n_bad, c.neutral::bigint AS n_neutral, c.good::bigint AS n_good,
        c.amazing::bigint AS n_amazing,
        -- The museum-local week (its Monday), so weekly trends need no locale's idea of a week.
-       date_trunc('week', c.local_date)::date AS local_week
+       pg_catalog.date_trunc('week', c.local_date)::date AS local_week
 FROM (SELECT exhibition_id, local_date, local_hour, sum(ratings) AS ratings,
              sum(rating_sum) AS rating_sum, sum(terrible) AS terrible, sum(bad) AS bad,
              sum(neutral) AS neutral, sum(good) AS good, sum(amazing) AS amazing,
@@ -207,7 +251,7 @@ SELECT e.public_id AS exhibition_id, e.exhibition_name, f.floor_name AS floor,
        c.bad::bigint AS n_bad, c.neutral::bigint AS n_neutral, c.good::bigint AS n_good,
        c.amazing::bigint AS n_amazing,
        -- The museum-local week (its Monday), so weekly trends need no locale's idea of a week.
-       date_trunc('week', c.local_date)::date AS local_week
+       pg_catalog.date_trunc('week', c.local_date)::date AS local_week
 FROM (SELECT exhibition_id, local_date, sum(ratings) AS ratings,
              sum(rating_sum) AS rating_sum, sum(terrible) AS terrible, sum(bad) AS bad,
              sum(neutral) AS neutral, sum(good) AS good, sum(amazing) AS amazing,
@@ -223,33 +267,6 @@ SELECT (rejected_at AT TIME ZONE museum_zone())::date AS local_date, reason,
        count(*)::bigint AS rejected
 FROM rejected_message
 GROUP BY 1, 2;
-
--- Roles without passwords: lmnh_writer for the pipeline, lmnh_reader for Tableau.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_writer') THEN
-        CREATE ROLE lmnh_writer LOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_reader') THEN
-        CREATE ROLE lmnh_reader LOGIN;
-    END IF;
-END
-$$;
-
--- Only the schema's owner creates objects in public. PostgreSQL 14 and older (and databases
--- upgraded from them) let every role create there, so a reader could plant a function or an
--- operator that a statement run as another role would pick up.
-REVOKE CREATE ON SCHEMA public FROM PUBLIC, lmnh_writer, lmnh_reader;
-DO $$
-BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_namespace AS n,
-                   pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) AS a
-               WHERE n.nspname = 'public' AND a.grantee = 0 AND a.privilege_type = 'CREATE') THEN
-        RAISE EXCEPTION 'every role may still create objects in schema public'
-            USING HINT = 'run this as the owner of schema public (or a superuser)';
-    END IF;
-END
-$$;
 
 -- What each role needs, and nothing else: what an earlier version granted is taken back first,
 -- so the grants below are the whole list (add a new grant after them).
