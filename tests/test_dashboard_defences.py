@@ -334,7 +334,7 @@ def test_every_response_carries_the_security_headers_and_the_page_runs_under_the
         context.add_init_script(VIOLATIONS)
         page = context.new_page()
         seen: list[Any] = []
-        page.on("response", seen.append)
+        page.on("response", lambda response: seen.append(response))
         page.goto(url)
         page.fill("#username", "boss")
         page.fill("#password", PASSWORD)
@@ -342,7 +342,7 @@ def test_every_response_carries_the_security_headers_and_the_page_runs_under_the
         shown_day(page)
         # Every part drawn: Dash's renderer, its components and Plotly ran under the policy.
         for graph in ("requests-by-hour", "weekly-ratings", "weekly-requests"):
-            page.wait_for_function(f"document.querySelector('#{graph} .js-plotly-plot')"
+            page.wait_for_function(f"() => document.querySelector('#{graph} .js-plotly-plot')"
                                    "?.data?.length > 0", timeout=60_000)
         page.wait_for_selector("#rejects tbody tr", timeout=60_000)
         assert page.evaluate("window.__violations") == []
@@ -358,6 +358,7 @@ def test_every_response_carries_the_security_headers_and_the_page_runs_under_the
         # The same page through the proxy's https: HSTS on each of its responses too.
         seen.clear()
         context.set_extra_http_headers({"X-Forwarded-Proto": "https"})
+        context.route("**/*", lambda route: route.continue_())  # no cache: every answer anew
         page.reload()
         shown_day(page)
         assert any("_dash-component-suites/" in r.url for r in seen)
