@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from test_dashboard import (
     CLIENT_SECRET,
     GUARDS_GROUP,
     PASSWORD,
+    RATINGS_CALLBACK,
     REQUESTS_CALLBACK,
     SECRET_KEY,
     LocalProvider,
@@ -228,17 +230,25 @@ def test_a_user_taken_out_of_the_providers_group_is_refused_at_the_next_recheck(
             "sub": "u-1", "preferred_username": "g.guard", "groups": [GUARDS_GROUP]})
         admin = with_provider(browser, url, provider, {
             "sub": "u-2", "preferred_username": "a.admin", "groups": ["admin"]})
-        for page in (guard, admin):
+        curator = with_provider(browser, url, provider, {
+            "sub": "u-3", "preferred_username": "c.curator", "groups": ["exhibitions"]})
+        for page in (guard, admin, curator):
             shown_day(page)
+        assert post_from_page(curator, "/_dash-update-component", RATINGS_CALLBACK) == 200
         # Rechecks while the groups stand keep the sessions (several, each refresh token once,
         # while the page's callbacks arrive together).
-        wait_until(lambda: provider.refreshes.count("u-1") >= 2
-                   and provider.refreshes.count("u-2") >= 2, 60, "two rechecks of each")
+        wait_until(lambda: all(provider.refreshes.count(s) >= 2 for s in ("u-1", "u-2", "u-3")),
+                   60, "two rechecks of each")
         for page in (guard, admin):
             assert post_from_page(page, "/_dash-update-component", REQUESTS_CALLBACK) == 200
 
         provider.directory["u-1"]["groups"] = ["other-group"]  # out of the guards' group
         provider.revoked.add("u-2")  # the provider no longer refreshes this session
+        provider.directory["u-3"]["groups"] = [GUARDS_GROUP]  # moved to security
+        wait_until(lambda: post_from_page(
+            curator, "/_dash-update-component", RATINGS_CALLBACK) == 403, 30, "the new role")
+        assert post_from_page(curator, "/_dash-update-component", REQUESTS_CALLBACK) == 200
+        assert signed_in(curator, url)
         for page in (guard, admin):
             wait_until(lambda p=page: post_from_page(
                 p, "/_dash-update-component", REQUESTS_CALLBACK) == 401, 30, "the refusal")
@@ -249,7 +259,36 @@ def test_a_user_taken_out_of_the_providers_group_is_refused_at_the_next_recheck(
                      "now") == 1, log
     assert log.count("OIDC session of 'a.admin' ended at its recheck: the provider refused "
                      "(invalid_grant)") == 1, log
+    assert log.count("OIDC roles of 'c.curator' now security") == 1, log
     assert CLIENT_SECRET not in log
+
+
+def test_requests_arriving_together_share_one_recheck_per_refresh_token() -> None:
+    rechecks = auth.RoleRechecks()
+    asked: list[str] = []
+    start = threading.Barrier(8)
+
+    def ask(token: str) -> auth.Recheck:
+        asked.append(token)
+        threading.Event().wait(0.2)  # the provider takes a while
+        return auth.Recheck(time.time(), frozenset({"security"}), f"after-{token}")
+
+    answers: list[auth.Recheck] = []
+
+    def request() -> None:
+        start.wait()
+        answers.append(rechecks.get("token-1", ask)[0])
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert asked == ["token-1"] and len(answers) == 8 and len(set(answers)) == 1
+    answer, asked_now = rechecks.get("token-2", ask)
+    assert answer.refresh_token == "after-token-2" and asked_now
+    assert rechecks.get("token-2", ask) == (answer, False)
+    assert asked == ["token-1", "token-2"]
 
 
 def test_an_id_token_without_a_subject_is_a_refused_sign_in(

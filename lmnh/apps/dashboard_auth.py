@@ -279,7 +279,8 @@ class RoleRechecks:
         self._locks: dict[str, threading.Lock] = {}
         self._answers: dict[str, Recheck] = {}
 
-    def get(self, refresh_token: str, ask: Any) -> Recheck:
+    def get(self, refresh_token: str, ask: Any) -> tuple[Recheck, bool]:
+        """The answer for this token, and whether this call asked for it (else it shares it)."""
         key = hashlib.sha256(refresh_token.encode()).hexdigest()
         with self._lock:
             now = time.time()
@@ -289,11 +290,12 @@ class RoleRechecks:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             answer = self._answers.get(key)
-            if answer is None:
-                answer = ask(refresh_token)
-                with self._lock:
-                    self._answers[key] = answer
-            return answer
+            if answer is not None:
+                return answer, False
+            answer = ask(refresh_token)
+            with self._lock:
+                self._answers[key] = answer
+            return answer, True
 
 
 def install(server: Flask, config: AuthConfig) -> None:
@@ -437,16 +439,23 @@ def install(server: Flask, config: AuthConfig) -> None:
             if time.time() - session.get("oidc_checked_at", 0) < config.oidc_recheck_s:
                 return True
             refresh_token = session.get("oidc_refresh_token")
-            answer = (rechecks.get(refresh_token, ask_provider) if refresh_token else
-                      Recheck(time.time(), frozenset(), None, "the provider gave no refresh token"))
+            if refresh_token:
+                answer, asked = rechecks.get(refresh_token, ask_provider)
+            else:
+                answer = Recheck(time.time(), frozenset(), None, "no refresh token given")
+                asked = True
             name = session.get("oidc_name", "?")
             if not answer.roles:
-                log.warning("OIDC session of %r ended at its recheck: %s", name[:64], answer.why)
+                if asked:  # once, not for each request that shared the answer
+                    log.warning("OIDC session of %r ended at its recheck: %s", name[:64],
+                                answer.why)
                 return False
             session["oidc_refresh_token"] = answer.refresh_token
             session["oidc_checked_at"] = answer.at
             if sorted(answer.roles) != session.get("oidc_roles"):
-                log.info("OIDC roles of %r now %s", name[:64], ",".join(sorted(answer.roles)))
+                if asked:
+                        log.info("OIDC roles of %r now %s", name[:64],
+                             ",".join(sorted(answer.roles)))
                 session["oidc_roles"] = sorted(answer.roles)
                 login_user(Viewer(current_user.get_id(), name, answer.roles))  # this request too
             return True
