@@ -307,8 +307,9 @@ def install(server: Flask, config: AuthConfig) -> None:
         SESSION_COOKIE_SECURE=config.cookie_secure,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=config.session_hours),
-        # The cookie is set at sign-in only: the lifetime is absolute, and a refresh answered
-        # after a sign-out cannot set the signed-out session again.
+        # The cookie is set at sign-in only (and at an OIDC session's recheck): the lifetime is
+        # absolute, and a refresh answered after a sign-out cannot set the signed-out session
+        # again (but for a recheck racing the sign-out, a window of one provider call).
         SESSION_REFRESH_EACH_REQUEST=False,
         # The token is checked by the sign-in and sign-out views only (csrf.protect below).
         WTF_CSRF_CHECK_DEFAULT=False,
