@@ -233,6 +233,8 @@ class DashboardSettings(DatabaseEnvironment, MuseumEnvironment):
     DASHBOARD_COOKIE_SECURE: bool = True
     DASHBOARD_SESSION_HOURS: int = Field(8, ge=1, le=168)
     DASHBOARD_REFRESH_S: int = Field(15, ge=1, le=3600)
+    # An OIDC session's groups are read again from the identity provider this often.
+    DASHBOARD_OIDC_RECHECK_S: int = Field(300, ge=1, le=3600)
 
     @field_validator("DASHBOARD_SECRET_KEY")
     @classmethod

@@ -605,8 +605,9 @@ REJECTS_CALLBACK = callback_body([("rejects-panel", "children")])
 
 def shown_day(page: Any) -> date:
     """The museum day the page says it shows ("Monday 23 November 2026, updated ...")."""
-    page.wait_for_function("document.querySelector('#status')?.innerText.includes(', updated ')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#status')?.innerText.includes(', updated ')",
+        timeout=60_000)
     return datetime.strptime(page.inner_text("#status").split(",")[0], "%A %d %B %Y").date()
 
 
@@ -666,7 +667,7 @@ def test_each_role_sees_its_part_through_gunicorn(stored: tuple[Database, date],
         guard.wait_for_selector("#emergencies-panel h2")
         assert rows(guard, "#emergencies") == [list(r) for r in sql_emergencies(database, day)]
         assert [row[3] for row in rows(guard, "#emergencies")] == shown_alerts(data_day, day)
-        guard.wait_for_function("document.querySelector('#weekly-requests .js-plotly-plot')"
+        guard.wait_for_function("() => document.querySelector('#weekly-requests .js-plotly-plot')"
                                 "?.data?.length > 0", timeout=60_000)
         for hidden in ("#ratings-panel", "#weekly-ratings", "#rejects-panel", "#ratings"):
             assert guard.locator(hidden).count() == 0, hidden
@@ -700,9 +701,9 @@ def check_the_whole_page(page: Any, database: Database, data_day: date) -> None:
     """An admin's page: every panel, each against SQL for the day the page shows."""
     day = shown_day(page)
     for panel in ("#rejects-panel", "#ratings-panel", "#emergencies-panel"):
-        page.wait_for_function(f"document.querySelector('{panel}')?.innerText.length > 0",
+        page.wait_for_function(f"() => document.querySelector('{panel}')?.innerText.length > 0",
                                timeout=60_000)
-    page.wait_for_function("document.querySelector('#requests-by-hour .js-plotly-plot')"
+    page.wait_for_function("() => document.querySelector('#requests-by-hour .js-plotly-plot')"
                            "?.data?.length > 0", timeout=60_000)
     assert rows(page, "#emergencies") == [list(row) for row in sql_emergencies(database, day)]
     emergencies_then = sum(1 for _, value, ago, _ in REQUESTS
@@ -750,7 +751,7 @@ def check_the_filters_and_trends(page: Any, database: Database) -> None:
         for week, mean in shown.items():
             assert mean == pytest.approx(expected[name][week], rel=1e-12), (name, week)
     summary = sql_mean_ratings(database, first, last, names)
-    page.wait_for_function(f"document.querySelectorAll('#range-ratings tbody tr').length"
+    page.wait_for_function(f"() => document.querySelectorAll('#range-ratings tbody tr').length"
                            f" === {len(names)}", timeout=60_000)
     for name, count, mean in rows(page, "#range-ratings"):
         expected_mean, expected_count = summary.get(name, (None, 0))
@@ -807,7 +808,7 @@ def test_with_the_database_away_the_page_says_stale_since_and_nothing_else(
         set_connections(database, False)
         try:
             page.wait_for_function(
-                "document.querySelector('#status').innerText.startsWith('Data stale since')",
+                "() => document.querySelector('#status').innerText.startsWith('Data stale since')",
                 timeout=60_000)
             status = page.locator("#status")
             assert status.evaluate("e => getComputedStyle(e).color") == "rgb(198, 40, 40)"
@@ -822,7 +823,8 @@ def test_with_the_database_away_the_page_says_stale_since_and_nothing_else(
         finally:
             set_connections(database, True)
         page.wait_for_function(
-            "document.querySelector('#status').innerText.includes(', updated ')", timeout=60_000)
+            "() => document.querySelector('#status').innerText.includes(', updated ')",
+            timeout=60_000)
         browser.close()
     log = log_path.read_text()
     assert log.count("cannot read the database") == 1, log  # one line per fault, not per refresh
@@ -837,7 +839,12 @@ GUARDS_GROUP = "5d1a0c3e-guards"  # Entra ID puts group object ids in the claim
 
 class LocalProvider:
     """A minimal OpenID provider (authorization code flow, RS256 ID tokens): it signs in
-    `self.claims` without asking, and checks the client's secret, code and redirect address."""
+    `self.claims` without asking, and checks the client's secret, code and redirect address.
+
+    Each sign-in also gets a refresh token, used once: a refresh (grant_type=refresh_token)
+    answers a new one and an ID token with the claims `self.directory` holds for that subject
+    now (a test edits them, as an administrator edits the groups); a subject in `self.revoked`
+    gets invalid_grant."""
 
     def __init__(self, dashboard_url: str) -> None:
         from flask import Flask, jsonify, redirect, request
@@ -847,6 +854,10 @@ class LocalProvider:
 
         self.claims: dict[str, Any] = {}
         self.tokens_issued = 0
+        self.directory: dict[str, dict[str, Any]] = {}  # by subject: the claims as they are now
+        self.revoked: set[str] = set()
+        self.refreshes: list[str] = []  # the subject of each refresh answered
+        refresh_tokens: dict[str, str] = {}  # token -> subject
         key = RSAKey.generate_key(2048, parameters={"kid": "test-key"})
         codes: dict[str, str] = {}
         app = Flask("provider")
@@ -879,19 +890,31 @@ class LocalProvider:
         @app.post("/token")
         def token() -> Any:
             client = request.authorization
-            nonce = codes.pop(request.form.get("code", ""), None)
             if client is None or (client.username, client.password) != (CLIENT_ID,
                                                                         CLIENT_SECRET):
                 return jsonify(error="invalid_client"), 401
-            if nonce is None or request.form.get("redirect_uri") != callback:
-                return jsonify(error="invalid_grant"), 400
             now = int(datetime.now().timestamp())
-            id_token = jwt.encode({"alg": "RS256", "kid": "test-key"},
-                                  {"iss": issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 300,
-                                   "nonce": nonce} | self.claims, key)
-            self.tokens_issued += 1
+            if request.form.get("grant_type") == "refresh_token":
+                subject = refresh_tokens.pop(request.form.get("refresh_token", ""), None)
+                if subject is None or subject in self.revoked:
+                    return jsonify(error="invalid_grant"), 400
+                claims = {"iss": issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 300} | \
+                    self.directory[subject]
+                self.refreshes.append(subject)
+            else:
+                nonce = codes.pop(request.form.get("code", ""), None)
+                if nonce is None or request.form.get("redirect_uri") != callback:
+                    return jsonify(error="invalid_grant"), 400
+                claims = {"iss": issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 300,
+                          "nonce": nonce} | self.claims
+                subject = claims.get("sub", "")
+                self.directory.setdefault(subject, dict(self.claims))
+                self.tokens_issued += 1
+            refresh_token = os.urandom(16).hex()
+            refresh_tokens[refresh_token] = subject
+            id_token = jwt.encode({"alg": "RS256", "kid": "test-key"}, claims, key)
             return jsonify(access_token=os.urandom(8).hex(), token_type="Bearer",
-                           expires_in=300, id_token=id_token)
+                           expires_in=300, id_token=id_token, refresh_token=refresh_token)
 
         self._server = make_server("127.0.0.1", self.port, app, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

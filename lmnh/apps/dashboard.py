@@ -39,6 +39,7 @@ import psycopg2
 from dash import Dash, Input, Output, dcc, html
 from dash.exceptions import PreventUpdate
 from flask import abort
+from flask_wtf.csrf import generate_csrf
 from plotly.subplots import make_subplots
 from psycopg2.extensions import ISOLATION_LEVEL_REPEATABLE_READ
 from psycopg2.extensions import connection as Connection
@@ -629,8 +630,12 @@ def page_for(viewer: auth.Viewer | None, reading: Reading, signed_in: bool,
         return html.Div()
     today = museum_today()
     exhibitions = reading.snapshot.exhibitions if reading.snapshot else []
+    # Signing out is a POST with the session's CSRF token (a link would let any site sign you out).
     who = [html.Span(f"{viewer.name} ", id="viewer"),
-           html.A("Sign out", href="/logout", id="logout")] if signed_in else []
+           html.Form([dcc.Input(type="hidden", name="csrf_token", value=generate_csrf()),
+                      html.Button("Sign out", id="logout", type="submit")],
+                     method="POST", action="/logout", style={"display": "inline"})
+           ] if signed_in else []
     parts: list[Any] = [
         dcc.Interval(id="tick", interval=refresh_s * 1000),
         html.Div([html.H1("LMNH kiosks, live", style={"margin": "0 16px 0 0"}),
@@ -734,6 +739,9 @@ def create_app(settings: db.DatabaseSettings, auth_config: auth.AuthConfig | Non
     def rejects(_tick: int | None) -> Any:
         return rejects_panel(snapshot_for("quality").rejects)
 
+    # Last: the policy allows the inline scripts (Dash's renderer) by their hashes.
+    auth.install_headers(app.server, list(app.csp_hashes()),
+                         cookie_secure=auth_config.cookie_secure if auth_config else True)
     return app
 
 
@@ -768,6 +776,7 @@ def auth_config(settings: DashboardSettings) -> auth.AuthConfig:
                 "admin": settings.DASHBOARD_GROUP_ADMIN},
         cookie_secure=settings.DASHBOARD_COOKIE_SECURE,
         session_hours=settings.DASHBOARD_SESSION_HOURS,
+        oidc_recheck_s=settings.DASHBOARD_OIDC_RECHECK_S,
     )
 
 
