@@ -5,21 +5,30 @@ Each entry point asks only for what it uses: the daemon for `PipelineSettings`, 
 schema upgrade for `MigrateSettings` (the database as its administrator, and the clock). The
 names are the operators' contract (.env.example lists them). A blank value for an optional
 setting (`SASL_MECHANISM=`) counts as not set. Errors name the setting, never its value.
+
+The daemon, the backfill and the dashboard may also take settings from one AWS Secrets Manager
+secret, SECRETS_MANAGER_SECRET_ID, whose SecretString is a JSON object of setting names
+({"DATABASE_PASSWORD": "...", "PASSWORD": "..."}), read once at start through pydantic-settings'
+AWSSecretsManagerSettingsSource. Precedence, highest first: a variable set (not blank) in the
+process's environment, then the secret, then `.env`, then the default. So a secret overrides a
+stale `.env`, and an operator can still override one value for one run; a variable that hides a
+key of the secret is reported on stderr by name.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import find_dotenv, load_dotenv
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import AWSSecretsManagerSettingsSource, BaseSettings, SettingsConfigDict
 
 import db
 from validation import Rules
@@ -31,6 +40,14 @@ S = TypeVar("S", bound=BaseSettings)
 class _Environment(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True,
                                       env_ignore_empty=True)
+
+
+class SecretsEnvironment(_Environment):
+    """Where the secret settings are kept, for the entry points that read one (read_settings)."""
+
+    # One Secrets Manager secret (name or ARN); region, endpoint and credentials come from
+    # boto3's own chain (AWS_REGION, AWS_ENDPOINT_URL, the instance role ...).
+    SECRETS_MANAGER_SECRET_ID: str | None = None
 
 
 class DatabaseServerEnvironment(_Environment):
@@ -159,7 +176,7 @@ class KafkaEnvironment(_Environment):
         return config
 
 
-class BackfillSettings(DatabaseEnvironment, MuseumEnvironment):
+class BackfillSettings(DatabaseEnvironment, MuseumEnvironment, SecretsEnvironment):
     """The historical backfill: the bucket, the database and the rules; no Kafka."""
 
     S3_BUCKET: str = Field(min_length=3)
@@ -213,7 +230,7 @@ class ResetSettings(DatabaseServerEnvironment, MuseumEnvironment):
     DATABASE_ADMIN_USERNAME: str | None = None
 
 
-class DashboardSettings(DatabaseEnvironment, MuseumEnvironment):
+class DashboardSettings(DatabaseEnvironment, MuseumEnvironment, SecretsEnvironment):
     """The dashboard: the database (as the read-only role), the museum's clock and who may look.
 
     Sign-in is by a password file, by OIDC, or both; at least one is required (dashboard.py
@@ -258,14 +275,66 @@ def _time_format(text: str) -> str:
     return "%H:%M:%S" if text.count(":") == 2 else "%H:%M"
 
 
-def read_settings(kind: type[S]) -> S:
-    """Settings from the environment; exits with status 2 and one line naming what is wrong."""
-    load_dotenv(find_dotenv(usecwd=True))
+class SecretUnreadable(Exception):
+    """The secret named by SECRETS_MANAGER_SECRET_ID could not be read (never holds a value)."""
+
+
+def secret_settings(kind: type[BaseSettings], secret_id: str) -> dict[str, Any]:
+    """The settings of `kind` that the secret holds, by name (its other keys are ignored)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
-        return kind()
+        source = AWSSecretsManagerSettingsSource(kind, secret_id)
+        held = source()
+    except (ClientError, BotoCoreError) as error:  # not found, access denied, unreachable ...
+        raise SecretUnreadable(_one_line(error)) from None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        # Never the error's text: it may quote the secret's contents.
+        raise SecretUnreadable("its SecretString is not a JSON object of setting names") from None
+    # A blank value counts as not set, as in the environment.
+    return {name: value for name, value in held.items()
+            if name in kind.model_fields and not (isinstance(value, str) and not value.strip())}
+
+
+def read_settings(kind: type[S]) -> S:
+    """Settings from the environment, `.env` and (when SECRETS_MANAGER_SECRET_ID names one) the
+    secret; exits with status 2 and one line naming what is wrong."""
+    explicit = {name for name, value in os.environ.items() if value.strip()}
+    load_dotenv(find_dotenv(usecwd=True))  # into os.environ: boto3 reads its AWS_* from there
+    from_secret: dict[str, Any] = {}
+    secret_id = None
+    if issubclass(kind, SecretsEnvironment):
+        secret_id = os.environ.get("SECRETS_MANAGER_SECRET_ID", "").strip() or None
+    if secret_id:
+        try:
+            held = secret_settings(kind, secret_id)
+        except SecretUnreadable as error:
+            _config_error(f"SECRETS_MANAGER_SECRET_ID: cannot read secret {secret_id!r} "
+                          f"from AWS Secrets Manager ({error})")
+        from_secret = {name: value for name, value in held.items() if name not in explicit}
+        hidden = sorted(set(held) - set(from_secret))
+        if hidden:
+            print(f"settings: {', '.join(hidden)} set in the environment, which wins over "
+                  f"secret {secret_id!r}", file=sys.stderr)
+    try:
+        # Init arguments outrank the environment (and so `.env`) in pydantic-settings.
+        return kind(**from_secret)
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
+            f"{_where(e['loc'], from_secret, secret_id)}: {e['msg']}" for e in error.errors()
         )
-        print(f"configuration error: {problems}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        _config_error(problems)
+
+
+def _where(loc: tuple, from_secret: Mapping[str, Any], secret_id: str | None) -> str:
+    name = ".".join(map(str, loc)) or "settings"
+    return f"{name} (from secret {secret_id!r})" if loc and loc[0] in from_secret else name
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _config_error(problems: str) -> NoReturn:
+    print(f"configuration error: {problems}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
