@@ -46,7 +46,7 @@ SQL = HERE / "lmnh" / "sql"
 SCHEMA_FILES = (HERE / "schema.sql", SQL / "schema_views.sql")
 MIGRATIONS = SQL / "migrations"  # NNNN_name.sql: each upgrades version NNNN - 1 to NNNN
 MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-MIGRATE_COMMAND = "python migrate.py"
+MIGRATE_COMMAND = "lmnh-migrate"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # The errors after which a new connection may succeed: server gone, restarted, failed over.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)

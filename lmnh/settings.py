@@ -194,7 +194,8 @@ class PipelineSettings(BackfillSettings, KafkaEnvironment):
     STATS_INTERVAL_S: int = Field(60, ge=1)
     METADATA_REFRESH_S: int = Field(600, ge=1)
     ALERT_SNS_TOPIC_ARN: str | None = Field(None, pattern=r"^arn:[^:]+:sns:")
-    # Judged messages held while the database is away; the partitions pause at this bound.
+    # Judged messages held while the database is away; past it, newer ones are judged for
+    # their alerts only and read again once the database has caught up.
     WRITE_BUFFER_MESSAGES: int = Field(50_000, ge=1)
     # The Prometheus metrics and health endpoint; unset (or 0) serves nothing.
     METRICS_ADDRESS: str = Field("127.0.0.1", min_length=1)

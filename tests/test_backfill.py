@@ -116,7 +116,7 @@ def reject_lines(path: Path) -> list[list[str]]:
 
 def command_env(database: Database, moto_s3: MotoS3, bucket: str, reject_log: Path,
                 **extra: str) -> dict[str, str]:
-    """What `python backfill.py` needs; the Kafka settings are required but unused."""
+    """What `lmnh-backfill` needs; the Kafka settings are required but unused."""
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
     return keep | database.env() | moto_s3.env(bucket) | {
         "BOOTSTRAP_SERVERS": "unused:9092", "SECURITY_PROTOCOL": "PLAINTEXT",

@@ -789,7 +789,7 @@ def set_connections(database: Database, allowed: bool) -> None:
 @pytest.mark.slow
 def test_with_the_database_away_the_page_says_stale_since_and_nothing_else(
         stored: tuple[Database, date], tmp_path: Path) -> None:
-    """Also: `python dashboard.py --allow-anonymous` serves everything, on 127.0.0.1 only."""
+    """Also: `lmnh-dashboard --allow-anonymous` serves everything, on 127.0.0.1 only."""
     from playwright.sync_api import sync_playwright
 
     database, _ = stored

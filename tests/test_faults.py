@@ -503,7 +503,7 @@ def test_closing_time_and_max_future_seconds_reach_the_rules(
         (press(now + timedelta(minutes=100)), "future_at"),
     ]
     # The database counts in the museum's clock too: the settings go there first, as an
-    # operator's `python migrate.py` would write them (the pipeline refuses a mismatch).
+    # operator's `lmnh-migrate` would write them (the pipeline refuses a mismatch).
     conn = psycopg2.connect(database.url)
     try:
         db.migrate(conn, db.MuseumClock(zone, time_of_day(8, 0), time_of_day(16, 0)))

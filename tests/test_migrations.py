@@ -1,5 +1,5 @@
 """Schema upgrades that keep the data: a database of the first release, filled, then upgraded by
-`python migrate.py`; and every entry point refusing a schema it was not written for."""
+`lmnh-migrate`; and every entry point refusing a schema it was not written for."""
 
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def test_the_pipeline_runs_on_an_upgraded_database(
     assert refused.wait(timeout=60) == 3  # the unit's RestartPreventExitStatus
     errors = [line for line in refused.text().splitlines() if " ERROR " in line]
     assert len(errors) == 1, refused.text()
-    assert "schema is version 1" in errors[0] and "python migrate.py" in errors[0]
+    assert "schema is version 1" in errors[0] and "lmnh-migrate" in errors[0]
     assert "Traceback" not in refused.text()
 
     assert migrate(old).returncode == 0
@@ -226,7 +226,7 @@ def test_the_backfill_and_the_dashboard_refuse_an_older_schema_with_one_line(
         output = result.stdout + result.stderr
         errors = [line for line in output.splitlines() if " ERROR " in line]
         assert result.returncode == 1, output
-        assert len(errors) == 1 and "python migrate.py" in errors[0], output
+        assert len(errors) == 1 and "lmnh-migrate" in errors[0], output
         assert "Traceback" not in output
 
 

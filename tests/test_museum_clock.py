@@ -139,7 +139,7 @@ def test_check_reports_a_clock_that_differs_from_the_database(
     assert other.wait(timeout=90) == 1
     failed = [line for line in other.text().splitlines() if line.startswith("FAIL")]
     assert len(failed) == 1 and failed[0].startswith("FAIL  database: the settings' museum clock")
-    assert "Asia/Kolkata" in failed[0] and "python migrate.py" in failed[0]
+    assert "Asia/Kolkata" in failed[0] and "lmnh-migrate" in failed[0]
     refused = run_pipeline(pipeline_env | {"MUSEUM_TIMEZONE": KOLKATA}, "refused")
     assert refused.wait(timeout=90) == 3
     assert "refusing to start: the settings' museum clock" in refused.text()

@@ -92,7 +92,7 @@ def test_the_workbook_validates_against_tableaus_schema() -> None:
 
 def test_the_committed_workbook_is_what_the_generator_writes_now() -> None:
     assert WORKBOOK.read_bytes() == tableau_workbook.build(tableau_workbook.COMMITTED_SERVER), (
-        "tableau/lmnh_kiosks.twb is stale: run `python tableau_workbook.py` and commit it")
+        "tableau/lmnh_kiosks.twb is stale: run `lmnh-tableau-workbook` and commit it")
 
 
 def test_the_form_is_tableaus_18_1_with_its_feature_manifest(workbook: ET.Element) -> None:

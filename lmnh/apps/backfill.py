@@ -1,6 +1,6 @@
 """Historical backfill: the kiosks' CSV exports in S3 -> the stream's rules -> PostgreSQL.
 
-Run `python backfill.py`, configured by the same environment and `.env` as the daemon. It reads
+Run `lmnh-backfill`, configured by the same environment and `.env` as the daemon. It reads
 every `lmnh_hist_data_*.csv` in S3_BUCKET (header `at,site,val,type`, `at` in museum local time),
 turns each line into the shape of a Kafka message, judges it with validation.validate_object,
 writes rejects to REJECT_LOG, and writes the valid presses and the reject records to the daemon's

@@ -1,8 +1,8 @@
 """The LMNH live dashboard: emergencies, ratings, requests, trends and rejects, behind a login.
 
 Served by gunicorn (`gunicorn 'lmnh.apps.dashboard:wsgi()'`, deploy/lmnh-dashboard.service)
-behind a TLS reverse proxy; `python dashboard.py` runs it on 127.0.0.1 only, for a desk or the demo
-(`--allow-anonymous` skips the sign-in there). `python dashboard.py add-user NAME --roles ...
+behind a TLS reverse proxy; `lmnh-dashboard` runs it on 127.0.0.1 only, for a desk or the demo
+(`--allow-anonymous` skips the sign-in there). `lmnh-dashboard add-user NAME --roles ...
 --password-file FILE` adds a user to the password file. Configured by the DATABASE_* and
 DASHBOARD_* settings (the environment, then `.env`). It reads only the views of schema.sql, in
 read-only transactions with a short statement timeout.
@@ -663,7 +663,7 @@ def page_for(viewer: auth.Viewer | None, reading: Reading, signed_in: bool,
 
 def create_app(settings: db.DatabaseSettings, auth_config: auth.AuthConfig | None,
                refresh_s: int = 15) -> Dash:
-    """The app; `auth_config` None means no sign-in (python dashboard.py --allow-anonymous).
+    """The app; `auth_config` None means no sign-in (lmnh-dashboard --allow-anonymous).
 
     Browsers refresh every `refresh_s` seconds and the database is read at most that often.
     """
@@ -756,7 +756,7 @@ def auth_config(settings: DashboardSettings) -> auth.AuthConfig:
     elif settings.DASHBOARD_PASSWORD_FILE is None and settings.DASHBOARD_OIDC_CLIENT_ID is None:
         problem = "set DASHBOARD_PASSWORD_FILE or the DASHBOARD_OIDC_* settings (or both)"
     elif settings.DASHBOARD_PASSWORD_FILE and not settings.DASHBOARD_PASSWORD_FILE.is_file():
-        problem = "DASHBOARD_PASSWORD_FILE: no such file (python dashboard.py add-user ...)"
+        problem = "DASHBOARD_PASSWORD_FILE: no such file (lmnh-dashboard add-user ...)"
     if problem:
         print(f"configuration error: {problem}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)

@@ -153,7 +153,7 @@ def add_user(path: Path, name: str, roles: frozenset[Role], password: str) -> No
         os.fchmod(descriptor, 0o640)
         with os.fdopen(descriptor, "w") as out:
             out.writelines(["# LMNH dashboard users: NAME:ROLES:ARGON2_HASH "
-                            "(python dashboard.py add-user)\n", *lines])
+                            "(lmnh-dashboard add-user)\n", *lines])
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -1,6 +1,6 @@
 """Upgrade the kiosk database's schema in place, keeping every row.
 
-Run `python migrate.py` (settings from the environment and `.env`, as the pipeline's) after
+Run `lmnh-migrate` (settings from the environment and `.env`, as the pipeline's) after
 installing a new release and before starting its pipeline, backfill or dashboard, which refuse
 an older schema. It connects as the administrator role that owns the tables, as
 reset_database.sh does (--admin-user, else DATABASE_ADMIN_USERNAME; its password from PGPASSWORD

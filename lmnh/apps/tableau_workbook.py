@@ -1,7 +1,7 @@
 """Writes the Tableau workbook for both stakeholders from the one description below.
 
-    python tableau_workbook.py                        # rewrites tableau/lmnh_kiosks.twb
-    python tableau_workbook.py --from-settings -o lmnh_kiosks_prod.twb
+    lmnh-tableau-workbook                        # rewrites tableau/lmnh_kiosks.twb
+    lmnh-tableau-workbook --from-settings -o lmnh_kiosks_prod.twb
 
 The description (data sources, fields, calculations, worksheets, dashboards) is data in this
 file, so the workbook is reviewed as code and regenerated when a view changes. The committed

@@ -5,9 +5,9 @@ The shares of ratings, requests and each kind of junk, the rating values and the
 popularity are those measured on a real capture of the topic (5,018 messages, 2026-02-24/25).
 Imperative shell: `produce`/`send` write the values to Kafka and `main` is the command line:
 
-    python kiosk_simulator.py --stdout --count 5
-    python kiosk_simulator.py --count 20000                # broker and topic from the environment
-    python kiosk_simulator.py --count 600 --rate 10 --junk none
+    python -m lmnh.local.kiosk_simulator --stdout --count 5
+    python -m lmnh.local.kiosk_simulator --count 20000    # broker and topic from the environment
+    python -m lmnh.local.kiosk_simulator --count 600 --rate 10 --junk none
 
 The simulated clock only runs while the museum is open: each press falls at a random moment of
 its own `interval`-long slot, and a slot that would pass closing time moves on to the next
