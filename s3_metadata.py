@@ -41,8 +41,8 @@ class MetadataError(Exception):
 
 
 # What a failed read of the bucket raises: no usable files, or S3 unreachable or refusing.
-METADATA_ERRORS = (MetadataError, botocore.exceptions.BotoCoreError,
-                   botocore.exceptions.ClientError)
+S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+METADATA_ERRORS = (MetadataError, *S3_ERRORS)
 
 
 def s3_client() -> Any:

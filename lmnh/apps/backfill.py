@@ -26,15 +26,12 @@ from datetime import UTC, datetime, tzinfo
 from itertools import islice
 from typing import Any, NamedTuple
 
-import botocore.exceptions
-import psycopg2
-
 import db
 import validation
 from lmnh.core.errors import one_line
 from lmnh.services.reject_log import RejectLog, format_reject_line
 from lmnh.settings import BackfillSettings, read_settings
-from s3_metadata import METADATA_ERRORS, load_exhibitions, s3_client
+from s3_metadata import METADATA_ERRORS, S3_ERRORS, load_exhibitions, s3_client
 from validation import Rating, Reason, Rejection, Rules, Verdict
 
 log = logging.getLogger("backfill")
@@ -267,38 +264,33 @@ def run(settings: BackfillSettings) -> int:
     except METADATA_ERRORS as error:
         log.error("cannot load exhibitions from s3://%s: %s", settings.S3_BUCKET, one_line(error))
         return 1
-    rules = settings.rules({number: e.start_date for number, e in exhibitions.items()})
     try:
-        conn = db.connect(settings.database(), application_name="lmnh-backfill")
-    except psycopg2.Error as error:
-        log.error("cannot reach the database: %s", one_line(error))
-        return 1
+        conn = db.connect(settings.database(), "lmnh-backfill", clock=settings.clock())
     except db.SchemaMismatch as error:
         log.error("%s", error)
         return 1
-    try:
-        db.check_clock(conn, settings.clock())
-    except (db.SchemaMismatch, psycopg2.Error) as error:
-        log.error("%s", one_line(error))
-        conn.close()
+    except db.Error as error:
+        log.error("cannot reach the database: %s", one_line(error))
         return 1
     log.info("backfilling s3://%s/%s*.csv into %s:%s/%s, %d exhibitions, reject log %s",
              settings.S3_BUCKET, HISTORY_PREFIX, settings.DATABASE_IP, settings.DATABASE_PORT,
              settings.DATABASE_NAME, len(exhibitions), settings.REJECT_LOG)
     started = time.monotonic()
     try:
-        db.upsert_exhibitions(conn, exhibitions.values())
+        # Judged by what the database holds: a row at an exhibition it refused would fail.
+        held = db.upsert_exhibitions(conn, exhibitions.values()).held
+        rules = settings.rules({number: e.start_date for number, e in held.items()})
         reject_log = RejectLog(settings.REJECT_LOG, settings.REJECT_LOG_MAX_VALUE_BYTES)
         try:
             summaries = backfill(s3_client(), settings.S3_BUCKET, conn, reject_log, rules,
                                  settings.BATCH_SIZE)
         finally:
             reject_log.close()
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+    except S3_ERRORS as error:
         log.error("s3 error, stopping (run again to finish; nothing is stored twice): %s",
                   one_line(error))
         return 1
-    except psycopg2.Error as error:
+    except db.Error as error:
         log.error("database error, stopping (run again to finish; nothing is stored twice): %s",
                   one_line(error))
         return 1

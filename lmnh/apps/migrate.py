@@ -21,8 +21,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-import psycopg2
-
 import db
 from lmnh.core.errors import one_line
 from lmnh.settings import EXIT_CONFIG, MigrateSettings, read_settings
@@ -48,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f"{target.host}:{target.port}/{target.name} as {target.user}"
     try:
         conn = db.open_connection(target, "lmnh-migrate")
-    except psycopg2.Error as error:
+    except db.Error as error:
         print(f"cannot reach the database {where}: {one_line(error)}", file=sys.stderr)
         return 1
     try:
@@ -61,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except db.SchemaMismatch as error:
         print(f"not migrated: {error}", file=sys.stderr)
         return 1
-    except psycopg2.Error as error:
+    except db.Error as error:
         print(f"migration failed, nothing changed: {one_line(error)}", file=sys.stderr)
         return 1
     finally:
