@@ -71,7 +71,10 @@ init-database)
         (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
         sleep 1
     done
-    MASTER="$(output "$stack" DatabaseMasterSecretArn)" \
+    # The master password: kept (and rotated) by RDS in Secrets Manager.
+    MASTER="$(aws rds describe-db-instances \
+        --db-instance-identifier "$(output "$stack" DatabaseInstanceId)" \
+        --query "DBInstances[0].MasterUserSecret.SecretArn" --output text)" \
     PIPELINE="$(output "$stack" PipelineSecretArn)" \
     DASHBOARD="$(output "$stack" DashboardSecretArn)" \
     PORT="$port" PROJECT="$project" "$python" - <<'EOF'
