@@ -42,7 +42,8 @@ say "users lmnh and lmnh-dashboard"
 # 2. The release in /opt/lmnh-pipeline, with its own venv (copies, not links, of the
 #    interpreter), the project installed into it with its pinned requirements.
 mkdir -p "$app"
-tar -C "$release" --exclude=./.venv --exclude=./.local --exclude=./.git --exclude=__pycache__ -cf - . | tar -C "$app" -xf -
+tar -C "$release" --exclude=./release.tar.gz --exclude=./.venv --exclude=./.local \
+    --exclude=./.git --exclude=__pycache__ -cf - . | tar -C "$app" -xf -
 "$PYTHON" -m venv --copies --clear "$venv"
 # shellcheck disable=SC2086  # PIP_INSTALL_OPTIONS is a list of options
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ${PIP_INSTALL_OPTIONS:-} \
