@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import datetime
 import fnmatch
 import hashlib
 import json
@@ -502,3 +503,55 @@ def test_install_leaves_units_that_systemd_accepts(tmp_path: Path, wheelhouse: P
                                "amazon-cloudwatch-agent.json").read_text())
     assert agent["logs"]["metrics_collected"]["prometheus"]["log_group_name"] == \
         f"/lmnh/{STACK}/pipeline"
+
+
+# --------------------------------------------------------------- the health metric's sender
+
+def test_the_health_timer_puts_healthz_into_cloudwatch() -> None:
+    """lmnh.services.healthcheck reads /healthz and puts 1 or 0 into moto's CloudWatch."""
+    import http.server
+    import threading
+
+    status = {"code": 200}
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status["code"] if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    moto = MotoS3()
+    try:
+        cloudwatch = boto3.client("cloudwatch", endpoint_url=moto.endpoint, region_name=REGION,
+                                  aws_access_key_id="testing", aws_secret_access_key="testing")
+        port = http_server.server_address[1]
+        seen = []
+        for code in (200, 503):
+            status["code"] = code
+            ok = healthcheck.healthy("127.0.0.1", port)
+            healthcheck.report(ok, cloudwatch)
+            seen.append(ok)
+        http_server.shutdown()
+        seen.append(healthcheck.healthy("127.0.0.1", port))  # nothing listens: unhealthy
+        assert seen == [True, False, False]
+        now = datetime.datetime.now(datetime.UTC)
+        metric = {"Namespace": "LMNH/Pipeline", "MetricName": "lmnh_healthz",
+                  "Dimensions": [{"Name": "job", "Value": "lmnh-pipeline"}]}
+        data = cloudwatch.get_metric_data(
+            MetricDataQueries=[{"Id": stat.lower(), "MetricStat": {
+                "Metric": metric, "Period": 60, "Stat": stat}} for stat in ("Minimum", "Maximum")],
+            StartTime=now - datetime.timedelta(minutes=5),
+            EndTime=now + datetime.timedelta(minutes=5))
+        values = {r["Id"]: r["Values"] for r in data["MetricDataResults"]}
+        # the 1 and then the 0 (in one minute or two): the alarm's Minimum < 1 sees the 0
+        assert min(values["minimum"]) == 0.0 and max(values["maximum"]) == 1.0, values
+    finally:
+        http_server.server_close()
+        moto.stop()
+    alarm = template()["Resources"]["HealthAlarm"]["Properties"]
+    assert (alarm["MetricName"], alarm["Namespace"]) == (healthcheck.METRIC, healthcheck.NAMESPACE)
+    assert alarm["Dimensions"] == healthcheck.DIMENSIONS
