@@ -29,7 +29,8 @@ from lmnh.core.errors import one_line
 
 log = logging.getLogger("s3_metadata")
 
-EXHIBITION_KEY = re.compile(r"lmnh_exhibition_[^/]+\.json")
+EXHIBITION_PREFIX = "lmnh_exhibition_"
+EXHIBITION_KEY = re.compile(EXHIBITION_PREFIX + r"[^/]+\.json")
 EXHIBITION_ID = re.compile(r"EXH_([0-9]{2,6})")
 FIELDS = ("EXHIBITION_NAME", "EXHIBITION_ID", "FLOOR", "DEPARTMENT", "START_DATE", "DESCRIPTION")
 MAX_NUMBER = 32_767  # exhibition_id is a SMALLINT
@@ -149,14 +150,19 @@ def exhibitions_from_files(files: dict[str, bytes | None],
 
 def load_exhibitions(s3_client: Any, bucket: str,
                      loaded: dict[int, Exhibition] | None = None) -> dict[int, Exhibition]:
-    """List every page of the bucket, read the exhibition files, return them by number.
+    """List every page of the bucket's exhibition keys, read the files, return them by number.
+
+    Only keys under EXHIBITION_PREFIX are listed, so an instance role may allow s3:ListBucket for
+    that prefix alone (deploy/stack.yaml).
 
     A file that cannot be read (gone since the listing, access denied) counts as malformed;
     S3 itself unreachable fails the whole load.
     """
+    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                 Prefix=EXHIBITION_PREFIX)
     keys = [
         item["Key"]
-        for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for page in pages
         for item in page.get("Contents", ())
         if is_exhibition_key(item["Key"])
     ]

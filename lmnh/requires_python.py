@@ -12,5 +12,5 @@ NEEDED = (3, 11)
 if sys.version_info < NEEDED:
     sys.exit(f"this program needs Python {NEEDED[0]}.{NEEDED[1]} or newer, and"
              f" {sys.executable or 'python'} is Python {sys.version_info[0]}.{sys.version_info[1]}:"
-             " install python3.11 (README \"Python\") and run it with the virtual environment's"
-             " python")
+             " install python3.11 (docs/operating.md \"Python\") and run it with the virtual"
+             " environment's python")
