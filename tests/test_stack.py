@@ -450,6 +450,11 @@ def test_install_leaves_units_that_systemd_accepts(tmp_path: Path, wheelhouse: P
                              CreateBucketConfiguration={"LocationConstraint": REGION})
         for sample in sorted((ROOT / "sample_metadata").glob("lmnh_exhibition_*.json")):
             client.put_object(Bucket=BUCKET, Key=sample.name, Body=sample.read_bytes())
+        # The pipeline's secret as the stack makes it (the database's password), so --check
+        # reads its settings from Secrets Manager as on an instance.
+        boto3.client("secretsmanager", endpoint_url=s3.endpoint, region_name=REGION,
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_secret(
+            Name=f"{STACK}/pipeline", SecretString=json.dumps({"DATABASE_PASSWORD": "unused-9"}))
         settings = {  # what the user data exports (the database and Kafka are not there)
             "AWS_REGION": REGION, "DATABASE_IP": "127.0.0.1", "DATABASE_PORT": "9",
             "BOOTSTRAP_SERVERS": "127.0.0.1:9", "SECURITY_PROTOCOL": "SSL", "TOPIC": "lmnh",
