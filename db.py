@@ -186,6 +186,14 @@ def tls_state(conn: Connection, settings: DatabaseSettings) -> TlsState:
                     protocol is not None and settings.effective_sslmode == "verify-full")
 
 
+def connect_reader(settings: DatabaseSettings, application_name: str) -> Connection:
+    """A read-only session whose every transaction reads one snapshot (repeatable read)."""
+    conn = open_connection(settings, application_name)
+    conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
+                     readonly=True)
+    return conn
+
+
 def connect(settings: DatabaseSettings, application_name: str = "lmnh-pipeline",
             clock: MuseumClock | None = None) -> Connection:
     """The writer's connection, with its session's staging tables for replayed batches.

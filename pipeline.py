@@ -38,8 +38,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from confluent_kafka import Message
-
 import db
 from lmnh.core import judging, topics
 from lmnh.core.errors import one_line
@@ -48,7 +46,7 @@ from lmnh.core.offsets import OffsetTracker
 from lmnh.core.rows import Partition
 from lmnh.services import metrics
 from lmnh.services.alerts import Alert, AlertSender, emergency_alert
-from lmnh.services.consumer import KafkaFatal, KafkaStage, describe_topic
+from lmnh.services.consumer import KafkaFatal, KafkaStage, Message, describe_topic
 from lmnh.services.judging_process import JudgingFailed, JudgingProcess
 from lmnh.services.refresher import ExhibitionRefresher
 from lmnh.services.reject_log import RejectLog

@@ -18,8 +18,8 @@ from test_pipeline import all_committed, assert_tables_hold, intended_rows, simu
 from test_validation import PROPERTY_NOW, PROPERTY_RULES, general_path, kiosk_messages
 
 from lmnh.core import judging
+from lmnh.core.reject_lines import format_reject_lines
 from lmnh.core.rows import Interaction, Rejected, interaction_rows, rejected_rows
-from lmnh.services.reject_log import format_reject_lines
 from validation import Rating, Rejection, Rules, validate_all
 
 NOW = datetime.now(UTC)

@@ -16,7 +16,7 @@ from conftest import Broker, Database, PipelineRun, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lmnh.services.reject_log import format_reject_line
+from lmnh.core.reject_lines import format_reject_line
 
 AT = datetime(2026, 11, 22, 12, 0, 1, 123000, tzinfo=UTC)
 

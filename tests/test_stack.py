@@ -37,6 +37,7 @@ from conftest import ROOT
 
 from lmnh.apps import healthcheck
 from lmnh.local.embedded import MotoS3
+from lmnh.services import cloudwatch as health_metric
 
 TEMPLATE = ROOT / "deploy" / "stack.yaml"
 INSTALL = ROOT / "deploy" / "install.sh"
@@ -392,8 +393,8 @@ def test_the_alarms_watch_metrics_the_instances_send() -> None:
     namespace = prometheus["metric_namespace"]
     selected = {s.strip("^$") for d in prometheus["metric_declaration"]
                 for s in d["metric_selectors"]}
-    sent = selected | {healthcheck.METRIC}
-    assert namespace == healthcheck.NAMESPACE == "LMNH/Pipeline"
+    sent = selected | {health_metric.METRIC}
+    assert namespace == health_metric.NAMESPACE == "LMNH/Pipeline"
     metrics_source = (ROOT / "lmnh" / "services" / "metrics.py").read_text()
     watched = set()
     for body in resources_of("AWS::CloudWatch::Alarm").values():
@@ -406,7 +407,7 @@ def test_the_alarms_watch_metrics_the_instances_send() -> None:
         assert props["AlarmActions"] == [{"Ref": "OperatorsTopic"}]
     assert watched == {"lmnh_healthz", "lmnh_consumer_lag", "lmnh_alerts_failed_total",
                        "lmnh_alerts_pending"}
-    for name in watched - {healthcheck.METRIC}:  # names the daemon really exports
+    for name in watched - {health_metric.METRIC}:  # names the daemon really exports
         assert f'"{name.removesuffix("_total")}"' in metrics_source, name
 
 
@@ -538,7 +539,7 @@ def test_the_health_timer_puts_healthz_into_cloudwatch() -> None:
         for code in (200, 503):
             status["code"] = code
             ok = healthcheck.healthy("127.0.0.1", port)
-            healthcheck.report(ok, cloudwatch)
+            health_metric.report_health(ok, cloudwatch)
             seen.append(ok)
         http_server.shutdown()
         seen.append(healthcheck.healthy("127.0.0.1", port))  # nothing listens: unhealthy
@@ -558,5 +559,6 @@ def test_the_health_timer_puts_healthz_into_cloudwatch() -> None:
         http_server.server_close()
         moto.stop()
     alarm = template()["Resources"]["HealthAlarm"]["Properties"]
-    assert (alarm["MetricName"], alarm["Namespace"]) == (healthcheck.METRIC, healthcheck.NAMESPACE)
-    assert alarm["Dimensions"] == healthcheck.DIMENSIONS
+    assert (alarm["MetricName"], alarm["Namespace"]) == (
+        health_metric.METRIC, health_metric.NAMESPACE)
+    assert alarm["Dimensions"] == health_metric.DIMENSIONS

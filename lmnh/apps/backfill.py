@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 import db
 import validation
 from lmnh.core.errors import one_line
-from lmnh.services.reject_log import RejectLog, format_reject_line
+from lmnh.core.reject_lines import format_reject_line
+from lmnh.services.reject_log import RejectLog
 from lmnh.settings import BackfillSettings, read_settings
 from s3_metadata import METADATA_ERRORS, S3_ERRORS, load_exhibitions, s3_client
 from validation import Rating, Reason, Rejection, Rules, Verdict

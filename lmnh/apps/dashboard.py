@@ -35,14 +35,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import plotly.graph_objects as go
-import psycopg2
 from dash import Dash, Input, Output, dcc, html
 from dash.exceptions import PreventUpdate
 from flask import abort
 from flask_wtf.csrf import generate_csrf
 from plotly.subplots import make_subplots
-from psycopg2.extensions import ISOLATION_LEVEL_REPEATABLE_READ
-from psycopg2.extensions import connection as Connection
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import db
@@ -76,12 +73,10 @@ def museum_today() -> date:
     return museum_now().date()
 
 
-def connect(settings: db.DatabaseSettings) -> Connection:
+def connect(settings: db.DatabaseSettings) -> db.Connection:
     """A read-only session; each refresh reads one snapshot (one repeatable-read transaction)."""
-    conn = db.open_connection(replace(settings, statement_timeout_ms=STATEMENT_TIMEOUT_MS),
-                              "lmnh-dashboard")
-    conn.set_session(isolation_level=ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
-    return conn
+    return db.connect_reader(replace(settings, statement_timeout_ms=STATEMENT_TIMEOUT_MS),
+                             "lmnh-dashboard")
 
 
 # ---------------------------------------------------------------- functional core: the queries
@@ -136,7 +131,7 @@ class FloorRequests:
     emergency: int
 
 
-def read_emergencies(conn: Connection, day: date) -> list[Emergency]:
+def read_emergencies(conn: db.Connection, day: date) -> list[Emergency]:
     """The emergency requests of museum-local `day`, newest first, with their alerts' state."""
     zone = museum_zone()
     midnight = datetime.combine(day, time(), zone)
@@ -154,7 +149,7 @@ def read_emergencies(conn: Connection, day: date) -> list[Emergency]:
                 for at, exhibition, floor, sent, pending in cur.fetchall()]
 
 
-def read_ratings(conn: Connection, today: date) -> list[ExhibitionRatings]:
+def read_ratings(conn: db.Connection, today: date) -> list[ExhibitionRatings]:
     """Per exhibition and period: ratings, mean and shares, as ratios of the daily view's sums."""
     first_days = [today, today - timedelta(days=6), date.min]  # by PERIODS
     with conn.cursor() as cur:
@@ -182,7 +177,7 @@ def read_ratings(conn: Connection, today: date) -> list[ExhibitionRatings]:
             for (exhibition, floor), periods in exhibitions.items()]
 
 
-def read_requests_by_hour(conn: Connection, today: date) -> RequestsByHour:
+def read_requests_by_hour(conn: db.Connection, today: date) -> RequestsByHour:
     """Today's requests by hour, and the mean of the earlier same weekdays that had any presses."""
     days = [today - timedelta(weeks=n) for n in range(USUAL_WEEKS + 1)]
     with conn.cursor() as cur:
@@ -222,7 +217,7 @@ def compare_with_usual(rows: Sequence[tuple[date, int, int, int]],
     )
 
 
-def read_requests_by_floor(conn: Connection, day: date) -> list[FloorRequests]:
+def read_requests_by_floor(conn: db.Connection, day: date) -> list[FloorRequests]:
     with conn.cursor() as cur:
         cur.execute("""
             SELECT floor, sum(assistance)::int, sum(emergency)::int
@@ -233,7 +228,7 @@ def read_requests_by_floor(conn: Connection, day: date) -> list[FloorRequests]:
         return [FloorRequests(*row) for row in cur.fetchall()]
 
 
-def read_rejects(conn: Connection, day: date) -> list[tuple[str, int]]:
+def read_rejects(conn: db.Connection, day: date) -> list[tuple[str, int]]:
     """Rejected messages of museum-local `day` by reason, most frequent first."""
     with conn.cursor() as cur:
         cur.execute("""
@@ -258,7 +253,7 @@ class Day:
     emergency: int
 
 
-def read_days(conn: Connection) -> list[Day]:
+def read_days(conn: db.Connection) -> list[Day]:
     """Every exhibition-day of the daily view (small: one row per exhibition and day)."""
     with conn.cursor() as cur:
         cur.execute("""
@@ -397,7 +392,7 @@ class SnapshotCache:
     def _refresh(self) -> None:
         try:
             snapshot = self._read()
-        except psycopg2.Error as error:
+        except db.Error as error:
             problem = " ".join(str(error).split())
             if problem != self._last_problem:  # one line per new fault, not one per refresh
                 log.error("cannot read the database (retrying every %.0f s): %s",
@@ -790,7 +785,7 @@ def database_problem(settings: DashboardSettings) -> str | None:
             db.check_clock(conn, settings.clock())
         finally:
             conn.close()
-    except (db.SchemaMismatch, psycopg2.Error) as error:
+    except (db.SchemaMismatch, db.Error) as error:
         return " ".join(str(error).split())
     return None
 

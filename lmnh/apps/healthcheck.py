@@ -15,11 +15,8 @@ import sys
 import urllib.error
 import urllib.request
 
-import boto3
+from lmnh.services.cloudwatch import METRIC, report_health
 
-NAMESPACE = "LMNH/Pipeline"
-METRIC = "lmnh_healthz"
-DIMENSIONS = [{"Name": "job", "Value": "lmnh-pipeline"}]
 TIMEOUT_S = 5
 
 
@@ -32,18 +29,11 @@ def healthy(address: str, port: int) -> bool:
         return False
 
 
-def report(value: bool, cloudwatch=None) -> None:
-    cloudwatch = cloudwatch or boto3.client("cloudwatch")
-    cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=[
-        {"MetricName": METRIC, "Dimensions": DIMENSIONS, "Value": 1.0 if value else 0.0,
-         "Unit": "Count"}])
-
-
 def main() -> int:
     port = int(os.environ.get("METRICS_PORT") or 9108)
     address = os.environ.get("METRICS_ADDRESS") or "127.0.0.1"
     ok = healthy(address, port)
-    report(ok)
+    report_health(ok)
     print(f"{METRIC}={int(ok)}")
     return 0
 

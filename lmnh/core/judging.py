@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import NamedTuple
 
 import validation
+from lmnh.core.reject_lines import format_reject_lines
 from lmnh.core.rows import (
     CopyRows,
     Interaction,
@@ -31,7 +32,6 @@ from lmnh.core.rows import (
     press_rows,
     rejected_rows,
 )
-from lmnh.services.reject_log import format_reject_lines
 from validation import Rating, Rejection, Request, Rules
 
 JOB_GC_THRESHOLD = 100_000  # more objects than a batch of 5,000 messages keeps alive
