@@ -93,7 +93,7 @@ class Kiosks:
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         self.topic, self.partitions = topic, partitions
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log_level": 0})
         self.delivered: dict[tuple[int, int], tuple[bytes, float]] = {}
         self.failures: list[str] = []
         self.sent = 0
