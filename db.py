@@ -51,6 +51,9 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # The errors after which a new connection may succeed: server gone, restarted, failed over.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 Error = psycopg2.Error  # any error the database or the driver raises
+# Worth a new connection and another try: the server gone, or (after a failover) a session that
+# can no longer write, which a new connection to the writable instance can.
+RETRYABLE_ERRORS = (*CONNECTION_ERRORS, psycopg2.errors.ReadOnlySqlTransaction)
 EMERGENCY = 1
 
 

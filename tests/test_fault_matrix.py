@@ -512,12 +512,12 @@ def read_only(ctx: Ctx, seconds: float) -> Cell:
     assert service.alive() and not late, f"exits once writable again: {service.exits}"
     kiosks.send(ctx.traffic(50, seed=33))
     committed_all(ctx.broker, kiosks, env["GROUP"], "the presses after the failover")
-    exits = len(service.exits)
-    allowed = 1 + int(seconds // RESTART_S) + 1
-    return Cell([service], [(env["TOPIC"], kiosks)], allowed_exits=allowed,
-                errors=(exits, exits), log_counts={r"Traceback": (0, 0)},
-                codes=[service.stop()],
-                notes=[f"exits {[code for _, code in service.exits]} while read-only"])
+    # A session that cannot write is retried like a lost connection (a new one reaches the
+    # writable instance): no exit, one line when it starts and one when it ends.
+    return Cell([service], [(env["TOPIC"], kiosks)], allowed_exits=0,
+                log_counts={r"Traceback": (0, 0), r"database unavailable": (1, 1),
+                            r"database connection re-established": (1, 1)},
+                codes=[service.stop()])
 
 
 def broker_away(ctx: Ctx) -> Cell:
@@ -606,7 +606,10 @@ def sns_refuses_one(ctx: Ctx) -> Cell:
 
 def rebalance_database_away(ctx: Ctx) -> Cell:
     proxy = proxy_for(ctx.proxies, ctx.database.server.host, ctx.database.server.port)
-    env = ctx.env | {"BATCH_SIZE": "20", "KAFKA_SESSION_TIMEOUT_MS": "45000"}
+    # The fixture's 6 s session: librdkafka's mock cluster ends a classic-protocol rebalance
+    # only once a session timeout has passed (plain consumers, database healthy: 40 s with a
+    # 45 s session), where a real broker ends it once every member has rejoined.
+    env = ctx.env | {"BATCH_SIZE": "20"}
     env_a = env | {"DATABASE_IP": "127.0.0.1", "DATABASE_PORT": str(proxy.port),
                    "GROUP_INSTANCE_ID": unique("instance-a")}
     env_b = env | {"GROUP_INSTANCE_ID": unique("instance-b")}
@@ -626,8 +629,11 @@ def rebalance_database_away(ctx: Ctx) -> Cell:
     proxy.set_mode("forward")
     committed_all(ctx.broker, kiosks, env["GROUP"], "everything stored", 120)
     # The group is rebalancing when the emergencies are pressed: no member consumes until it
-    # ends (join and sync: the members' next polls); issue 21 fault 5's bound is 15 s.
-    return Cell([a, b], [(env["TOPIC"], kiosks)], ack_bound_s=15.0, consumed_bound_s=15.0,
+    # ends, on the mock some 6-9 s later (above); from consumption the bound is the usual 5 s.
+    revoked = a.text().find("revoked partitions")
+    assert revoked >= 0 and "assigned partitions" in a.text()[revoked:], \
+        "A took no part in the new assignment: its revoke waited for the database"
+    return Cell([a, b], [(env["TOPIC"], kiosks)], ack_bound_s=20.0, consumed_bound_s=5.0,
                 log_counts={r"database unavailable": (1, 1),
                             r"database connection re-established": (1, 1)},
                 codes=[a.stop(), b.stop()])

@@ -1,11 +1,11 @@
 """The database writer: the one thread that owns the daemon's PostgreSQL connection.
 
 Work reaches it as Tasks, done strictly in the order given, each in its own transaction, and
-retried (reconnecting with backoff) for as long as the connection is lost. What a task returns
-is handed back with `deliver()`, on the caller's thread and in the same order, so the loop
-alone decides what a result means. The first error that is not a lost connection, in a task
-that carries a batch, ends all writing: nothing given after it is written, so nothing after it
-can be committed. An error in other work (an exhibition refresh, recording a sent alert) is
+retried (reconnecting with backoff) for as long as the connection is lost or, after a failover,
+the session cannot write. What a task returns is handed back with `deliver()`, on the caller's
+thread and in the same order, so the loop alone decides what a result means. Any other error,
+in a task that carries a batch, ends all writing: nothing given after it is written, so nothing
+after it can be committed. An error in other work (an exhibition refresh, recording a sent alert) is
 logged and the next task goes on.
 """
 
@@ -100,7 +100,7 @@ class Writer:
                 task = self._queue[0]
             try:
                 result = self._attempts(task.work)
-            except db.CONNECTION_ERRORS:  # a stop was asked for while the database was away
+            except db.RETRYABLE_ERRORS:  # a stop was asked for while the database was away
                 return
             except (psycopg2.Error, db.SchemaMismatch) as error:
                 if task.batch or isinstance(error, db.SchemaMismatch):
@@ -119,7 +119,7 @@ class Writer:
 
     def _attempts(self, work: Callable[[db.Connection], Any]) -> Any:
         for attempt in Retrying(
-                retry=retry_if_exception_type(db.CONNECTION_ERRORS),
+                retry=retry_if_exception_type(db.RETRYABLE_ERRORS),
                 wait=wait_exponential(multiplier=BACKOFF_S[0], max=BACKOFF_S[1]),
                 stop=stop_when_event_set(self._abort), sleep=self._abort.wait,
                 before_sleep=lambda state: self._failed(state.outcome.exception()),
@@ -129,7 +129,7 @@ class Writer:
                     self._conn = self._connect()
                 try:
                     result = work(self._conn)
-                except db.CONNECTION_ERRORS:
+                except db.RETRYABLE_ERRORS:
                     self._conn.close()
                     raise
                 self.down.clear()
