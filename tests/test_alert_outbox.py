@@ -316,6 +316,21 @@ def refused_for_good(press_minute: int, source: str = "lmnh") -> alerts.Alert:
                         f"Emergency button pressed at site 3 at 11:{press_minute:02d}.")
 
 
+def pending_refused_alert(database: Database) -> alerts.Alert:
+    """An emergency stored with its alert pending in the outbox, as an earlier process left
+    it, whose alert SNS refuses for good: the daemon sends it from the outbox at start-up."""
+    bad = refused_for_good(0, source="earlier")
+    conn = db.connect(db.DatabaseSettings(database.server.host, database.server.port,
+                                          database.name, database.server.user,
+                                          database.server.password, sslmode="disable"))
+    db.upsert_exhibitions(conn, [Exhibition(  # the bucket's EXH_03
+        3, "EXH_03", "Deep Blue", "1", "Zoology", date(2019, 11, 7), "Life in the deep ocean.")])
+    db.write_interactions(conn, [], [db.Interaction(3, 1, bad.pressed_at, *bad.key)],
+                          alerts=[db.OutboxAlert(*bad)])
+    conn.close()
+    return bad
+
+
 def test_an_alert_sns_refuses_for_good_is_given_up_and_the_next_goes_out(
         security: Security, caplog: pytest.LogCaptureFixture) -> None:
     sender = AlertSender(security.topic_arn, security.sns)
@@ -436,15 +451,7 @@ def test_the_daemon_gives_up_an_alert_sns_refuses_for_good_and_sends_the_next_on
     later arrive within 5 s; a restart does not try it again."""
     from test_operations import scrape, value, with_metrics
 
-    bad = refused_for_good(0, source="earlier")
-    conn = db.connect(db.DatabaseSettings(database.server.host, database.server.port,
-                                          database.name, database.server.user,
-                                          database.server.password, sslmode="disable"))
-    db.upsert_exhibitions(conn, [Exhibition(  # the bucket's EXH_03
-        3, "EXH_03", "Deep Blue", "1", "Zoology", date(2019, 11, 7), "Life in the deep ocean.")])
-    db.write_interactions(conn, [], [db.Interaction(3, 1, bad.pressed_at, *bad.key)],
-                          alerts=[db.OutboxAlert(*bad)])
-    conn.close()
+    bad = pending_refused_alert(database)
     assert database.scalar("SELECT count(*) FROM v_request WHERE alert_pending") == 1
 
     env, port = with_metrics(pipeline_env | {"ALERT_SNS_TOPIC_ARN": security.topic_arn})

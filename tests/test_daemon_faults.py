@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 from conftest import SAMPLE_METADATA, Broker, Database, PgServer, make_database, unique, wait_until
@@ -37,6 +36,7 @@ from test_operations import scrape, value, with_metrics
 from test_pipeline import (
     all_committed,
     assert_tables_hold,
+    expected_rows,
     intended_rows,
     reject_lines,
     row_count,
@@ -46,7 +46,7 @@ from test_pipeline import (
 from lmnh.local.kiosk_simulator import Kind
 from lmnh.local.noida import NoidaKafka
 from s3_metadata import exhibitions_from_files
-from validation import Rating, Rejection, Request, Rules, validate
+from validation import Rules
 
 # ------------------------------------------------------------------ helpers
 
@@ -194,20 +194,7 @@ def sample_rules() -> Rules:
 def judged_rows(values: list[bytes], partitions: int) -> tuple[set, set, set]:
     """What the tables must hold after `values` are produced round-robin (by Broker.produce,
     each call a multiple of `partitions` long) to a new topic: as validation.validate says."""
-    rules = sample_rules()
-    now = datetime.now(UTC)
-    ratings, requests, rejects = set(), set(), set()
-    for index, raw in enumerate(values):
-        source = (index % partitions, index // partitions)
-        verdict = validate(raw, rules, now)
-        if isinstance(verdict, Rating):
-            ratings.add((*source, verdict.site, verdict.value, verdict.at))
-        elif isinstance(verdict, Request):
-            requests.add((*source, verdict.site, verdict.value, verdict.at))
-        else:
-            assert isinstance(verdict, Rejection)
-            rejects.add(source)
-    return ratings, requests, rejects
+    return expected_rows(values, partitions, sample_rules())
 
 
 def errors_in(text: str) -> list[str]:

@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -48,14 +48,13 @@ import psycopg2
 import pytest
 from confluent_kafka import Producer
 from conftest import ROOT, Broker, Database, PipelineRun, make_database, unique, wait_until
-from test_alert_outbox import Security, refused_for_good
+from test_alert_outbox import Security, pending_refused_alert
 from test_daemon_faults import TcpProxy, proxies, proxy_for, sample_rules  # noqa: F401 - a fixture
 from test_judging import judging_child
 from test_pipeline import assert_rollups_match, simulated_presses, table_rows
 
 import db
 from lmnh.local.embedded import MockKafka
-from s3_metadata import Exhibition
 from validation import Rating, Rejection, Request, validate
 
 LONDON = ZoneInfo("Europe/London")
@@ -577,16 +576,8 @@ def s3_away(ctx: Ctx) -> Cell:
 
 
 def sns_refuses_one(ctx: Ctx) -> Cell:
-    bad = refused_for_good(0, source="earlier")
     database = ctx.database
-    conn = db.connect(db.DatabaseSettings(database.server.host, database.server.port,
-                                          database.name, database.server.user,
-                                          database.server.password, sslmode="disable"))
-    db.upsert_exhibitions(conn, [Exhibition(  # the bucket's EXH_03
-        3, "EXH_03", "Deep Blue", "1", "Zoology", date(2019, 11, 7), "Life in the deep ocean.")])
-    db.write_interactions(conn, [], [db.Interaction(3, 1, bad.pressed_at, *bad.key)],
-                          alerts=[db.OutboxAlert(*bad)])
-    conn.close()
+    pending_refused_alert(database)
     env = ctx.env
     kiosks = ctx.kiosks()
     kiosks.send(ctx.traffic(200, seed=61, emergencies=2))
