@@ -16,6 +16,7 @@ daemon and the real service.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -43,6 +44,7 @@ from test_pipeline import (
     simulated_presses,
 )
 
+from lmnh.local.embedded import MockKafka
 from lmnh.local.kiosk_simulator import Kind
 from lmnh.local.noida import NoidaKafka
 from s3_metadata import exhibitions_from_files
@@ -223,6 +225,21 @@ def receive_until(sns: Security, wanted: set[str], deadline: float) -> set[str]:
 def assigned_some(text: str) -> bool:
     return re.search(r"assigned partitions \S+\[\d+\]", text) is not None
 
+
+
+OFFSET_COMMIT = 8  # Kafka's ApiKey of OffsetCommit
+INVALID_COMMIT_OFFSET_SIZE = 28  # an error librdkafka hands to the commit callback, not retried
+
+
+def delay_offset_commits(mock: MockKafka, count: int, error: int, rtt_ms: int) -> None:
+    """The mock broker answers the next `count` OffsetCommit requests with `error` after
+    `rtt_ms` (librdkafka's rd_kafka_mock_broker_push_request_error_rtts)."""
+    push = mock._lib.rd_kafka_mock_broker_push_request_error_rtts
+    push.restype = ctypes.c_int
+    pairs = [ctypes.c_int(v) for _ in range(count) for v in (error, rtt_ms)]
+    code = push(ctypes.c_void_p(mock._cluster), ctypes.c_int32(MockKafka.BROKER_ID),
+                ctypes.c_int16(OFFSET_COMMIT), ctypes.c_size_t(count), *pairs)
+    assert code == 0, code
 
 # ------------------------------------------------------------------ fault 1
 
@@ -763,3 +780,31 @@ def test_the_proxy_forwards_hangs_refuses_and_holds() -> None:
         proxy.close()
         echo.close()
 
+
+@pytest.mark.slow
+def test_fault_10e_an_older_commit_failing_late_never_moves_the_committed_offset_back(
+        database: Database, pipeline_env: dict[str, str], run_pipeline) -> None:
+    """Fault 10: "a failed older commit is re-added after a newer one succeeded (the committed
+    offset moves back)". The mock broker answers the next OffsetCommit after 3 s with a
+    retriable error; the batch after it is committed meanwhile, and the broker answers in order
+    (the older failure first, then the newer success). After a stop, the committed offset must
+    be the end of the topic, not the older batch's."""
+    mock = MockKafka()  # its own cluster: the error injected reaches no other test
+    broker = Broker(mock.bootstrap, mock)
+    env = pipeline_env | {"BOOTSTRAP_SERVERS": mock.bootstrap, "BATCH_SIZE": "20"}
+    topic = env["TOPIC"]
+    broker.create_topic(topic, 1)
+    broker.produce(topic, [rating(n % 6, n % 60) for n in range(10)])
+    run = run_pipeline(env, "commits")
+    wait_until(lambda: all_committed(broker, env), 60, "the first presses committed")
+    delay_offset_commits(mock, 1, INVALID_COMMIT_OFFSET_SIZE, 3000)
+    broker.produce(topic, [rating(n % 6, n % 60) for n in range(10)])  # commit A, held
+    time.sleep(1.0)
+    broker.produce(topic, [rating(n % 6, (n + 20) % 60) for n in range(10)])  # commit B
+    wait_until(lambda: "offset commit failed" in run.text(), 30, "commit A's failure")
+    time.sleep(1.0)
+    assert run.stop() == 0
+    committed = broker.committed(topic, env["GROUP"])
+    assert committed == broker.end_offsets(topic) == {0: 30}, (
+        f"committed {committed} after the stop, the topic ends at"
+        f" {broker.end_offsets(topic)}")

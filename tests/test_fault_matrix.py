@@ -26,7 +26,6 @@ test-artifacts/fault_matrix.json. How each kill -9 is aimed is in its cell's `ai
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -49,7 +48,13 @@ import pytest
 from confluent_kafka import Producer
 from conftest import ROOT, Broker, Database, PipelineRun, make_database, unique, wait_until
 from test_alert_outbox import Security, pending_refused_alert
-from test_daemon_faults import TcpProxy, proxies, proxy_for, sample_rules  # noqa: F401 - a fixture
+from test_daemon_faults import (  # noqa: F401 - proxies: a fixture
+    TcpProxy,
+    delay_offset_commits,
+    proxies,
+    proxy_for,
+    sample_rules,
+)
 from test_judging import judging_child
 from test_pipeline import assert_rollups_match, simulated_presses, table_rows
 
@@ -64,7 +69,6 @@ ALERT_BOUND_S = 5.0  # the issue's bound, from consumption
 ALERT_TEXT = re.compile(r" at (\d\d:\d\d:\d\d) on (\d\d/\d\d/\d{4}) museum time\.$")
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 RESUMED = re.compile(r"assigned partitions \S+\[\d+\]|kafka reachable again")
-OFFSET_COMMIT = 8  # Kafka's ApiKey of OffsetCommit
 COORDINATOR_LOAD_IN_PROGRESS = 14  # a retriable error: the commit is not stored
 
 
@@ -314,17 +318,6 @@ def set_read_only(database: Database, on: bool) -> None:
         conn.close()
     if on:
         terminate_backends(database)
-
-
-def delay_offset_commits(mock: MockKafka, count: int, error: int, rtt_ms: int) -> None:
-    """The mock broker answers the next `count` OffsetCommit requests with `error` after
-    `rtt_ms` (librdkafka's rd_kafka_mock_broker_push_request_error_rtts)."""
-    push = mock._lib.rd_kafka_mock_broker_push_request_error_rtts
-    push.restype = ctypes.c_int
-    pairs = [ctypes.c_int(v) for _ in range(count) for v in (error, rtt_ms)]
-    code = push(ctypes.c_void_p(mock._cluster), ctypes.c_int32(MockKafka.BROKER_ID),
-                ctypes.c_int16(OFFSET_COMMIT), ctypes.c_size_t(count), *pairs)
-    assert code == 0, code
 
 
 def everything_committed(broker: Broker, kiosks: Kiosks, group: str) -> bool:

@@ -47,6 +47,26 @@ def test_a_failed_older_commit_never_moves_a_partition_back() -> None:
     assert t.take() == {P0: 30}  # a failed commit past the committed one is retried
 
 
+def test_an_older_commit_failing_after_a_newer_was_sent_is_not_retried() -> None:
+    """The broker answers in order: an older commit's failure can arrive after a newer commit
+    was sent and before its success; retried, the older offset would be committed last."""
+    t = tracker()
+    t.handed_over(0, {P0: 10})
+    t.written(0)
+    assert t.take() == {P0: 10}
+    t.handed_over(1, {P0: 20})
+    t.written(1)
+    assert t.take() == {P0: 20}
+    t.committed(P0, 10, succeeded=False)
+    t.committed(P0, 20, succeeded=True)
+    assert t.take() == {}
+    t.handed_over(2, {P0: 30})
+    t.written(2)
+    assert t.take() == {P0: 30}
+    t.committed(P0, 30, succeeded=False)  # the newest failing is retried
+    assert t.take() == {P0: 30}
+
+
 def test_a_revoked_partition_is_never_committed_by_this_member() -> None:
     t = tracker()
     t.handed_over(0, {P0: 10, P1: 4})
