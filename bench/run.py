@@ -1,4 +1,4 @@
-"""The pipeline's benchmark: backlog drain against the machine's limits and the usual consumer.
+"""The pipeline's benchmark: backlog drain against the machine's limits and other consumers.
 
     python3 dev.py bench            # both databases, both mixes, 3 runs each (about 14 minutes)
     python3 dev.py bench --quick    # CI's short version: embedded PostgreSQL, simulator, one run
@@ -16,7 +16,9 @@ TEST_BOOTSTRAP_SERVERS) and moto S3:
    encoded beforehand, BATCH_SIZE messages a transaction; a bare consume loop; and beside them
    the pipeline's write alone (the backlog judged beforehand, then db.write_interactions);
 3. baseline: the usual consumer (bench/baseline.py) on the first --baseline-messages;
-4. latency: presses at 5,000 and at 20 messages/s, produce to row commit.
+4. the peer: the best peer's batched design (bench/peer.py) on the whole backlog, its rows
+   inserted by execute_values, one transaction every 5,000 messages;
+5. latency: presses at 5,000 and at 20 messages/s, produce to row commit.
 It prints one table of medians (with min and max) per database and mix, each target met or
 MISSED, and exits 1 if any phase's tables are not exact. Pipeline settings (BATCH_SIZE,
 BATCH_LINGER_MS, STATS_INTERVAL_S) pass through from the environment.
@@ -40,6 +42,7 @@ from bench.backlog import Backlog, BacklogResult, check_exact, run_backlog
 from bench.baseline import run_baseline
 from bench.latency import LatencyResult, run_latency
 from bench.limits import consume_limit, copy_limit, write_limit
+from bench.peer import run_peer
 from bench.services import DATABASES, TUNABLES, BenchError, Services, running_services
 from lmnh.settings import PipelineSettings as Settings
 
@@ -49,6 +52,7 @@ QUICK = {"messages": 30_000, "runs": 1, "latency_seconds": 3.0, "db": "embedded"
 HIGH_RATE, LOW_RATE = 5_000.0, 20.0
 LOW_RATE_MIN_SECONDS = 20.0  # at 20 msg/s fewer seconds give too few rows for a p99
 FLAT_RSS_MB = 5  # growth allowed from a fifth of the backlog to all of it
+LABEL_WIDTH = 64  # the longest figure's label
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class RunResult:
     consume_rate: float  # limit (b): a bare consume loop, messages/s
     write_rate: float  # the pipeline's write path alone, messages/s
     baseline_rate: float
+    peer_rate: float  # the best peer's batched design on the whole backlog, messages/s
     high: LatencyResult
     low: LatencyResult
 
@@ -82,7 +87,7 @@ class Figure:
         cells = "".join(f"{self.shown.format(v):>10}"
                         for v in (median, min(self.values), max(self.values)))
         status = "" if self.met is None else ("met" if self.met(median) else "MISSED")
-        return f"{self.label:<48}{cells}  {self.target:<14}{status}".rstrip()
+        return f"{self.label:<{LABEL_WIDTH}}{cells}  {self.target:<14}{status}".rstrip()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -130,12 +135,16 @@ def run_once(services: Services, backlog: Backlog, mix: str,
     head.load(stage)
     baseline_rate = run_baseline(stage, len(head.values), services.exhibitions())
     check_exact(stage, head)
+    stage = services.stage("peer")
+    backlog.load(stage)
+    peer_rate = run_peer(stage, len(backlog.values), services.exhibitions())
+    check_exact(stage, backlog)
     high = run_latency(services.stage("latency-high"), HIGH_RATE, args.latency_seconds, mix)
     low = run_latency(services.stage("latency-low"), LOW_RATE,
                       max(args.latency_seconds, LOW_RATE_MIN_SECONDS if not args.quick else 0),
                       mix)
     return RunResult(backlog_result, small, copy_rate, consume_rate, write_rate, baseline_rate,
-                     high, low)
+                     peer_rate, high, low)
 
 
 def figures(runs: list[RunResult]) -> list[Figure]:
@@ -156,6 +165,10 @@ def figures(runs: list[RunResult]) -> list[Figure]:
                "{:,.0f}"),
         Figure("drain / baseline", [r.drain / r.baseline_rate for r in runs], "{:.1f}x",
                ">= 60x", lambda v: v >= 60),
+        Figure("peer's batched design (execute_values, 5,000 rows a txn): msg/s",
+               [r.peer_rate for r in runs], "{:,.0f}"),
+        Figure("drain / peer's batched design", [r.drain / r.peer_rate for r in runs],
+               "{:.1f}x", ">= 4x", lambda v: v >= 4),
         Figure("backlog drain: rows/s", [b.drain_rows / b.drain_s for b in backlogs], "{:,.0f}"),
         Figure("start-up: process start to first commit, s", [b.startup_s for b in backlogs],
                "{:.2f}"),
@@ -191,7 +204,7 @@ def section(database: str, mix: str, services: Services, backlog: Backlog,
         f"== {server}; {'the real capture cycled' if mix == 'real' else 'the simulator'}: "
         f"{len(backlog.values):,} messages on {runs[0].backlog.partitions} partitions "
         f"({services.broker_name}), {len(runs)} run(s)",
-        f"{'figure':<48}{'median':>10}{'min':>10}{'max':>10}  {'target':<14}",
+        f"{'figure':<{LABEL_WIDTH}}{'median':>10}{'min':>10}{'max':>10}  {'target':<14}",
         *(figure.line() for figure in figures(runs)),
         f"exact: every phase's tables and reject log matched validation.validate (backlog: "
         f"{expected.ratings.total():,} ratings, {expected.requests.total():,} requests, "
@@ -208,6 +221,10 @@ limits: (a) binary COPY alone of the backlog's accepted rows, encoded by rows.py
 the write alone: db.write_interactions of the backlog judged beforehand (every table, the rollup
   trigger, the progress marks), batch after batch: the drain's bound on the database's side.
 baseline: one INSERT and COMMIT a message, from its first message to its last commit.
+the peer's batched design: the whole backlog by one consumer, single thread, each message
+  validated, rejects to the log; every 5,000 messages its ratings and requests inserted by
+  execute_values (bench/peer.py's page_size) in one transaction, then the offsets committed
+  (no rejected_message rows, no progress marks); from its first message to its last commit.
 latency: Kafka CreateTime to pg_xact_commit_timestamp(xmin) of the row (rejects have no row);
   the broker's share is when a bare consumer with the pipeline's settings gets each message.
 peak RSS: the pipeline's VmHWM plus its judging process's, after the whole backlog and after a

@@ -28,6 +28,7 @@ def test_the_quick_benchmark_runs_and_every_phase_is_exact() -> None:
     assert "exact: every phase's tables and reject log matched" in result.stdout
     for figure in ("backlog drain: messages/s", "limit (a) binary COPY alone",
                    "limit (b) bare consume loop", "drain / min(limits)", "drain / baseline",
+                   "peer's batched design", "drain / peer's batched design",
                    "latency at 5,000 msg/s: p99", "latency at 20 msg/s: p99",
                    "growth with the other four fifths", "CPU s per 100,000 messages"):
         line = next(line for line in result.stdout.splitlines() if line.lstrip().startswith(figure))
