@@ -68,9 +68,8 @@ KAFKA_CLOSE_BOUND_S = 5.0
 # The database's schema or clock is not this release's: a restart cannot fix it, migrate can.
 EXIT_SCHEMA = 3
 # Batches handed to the judging process beyond the one whose result is awaited, when behind:
-# they keep it busy while this process passes the batch before on to be written (two, as the
-# judging process reads jobs as they come: with one, it often waited for this process).
-JUDGING_AHEAD = 2
+# one keeps it busy while this process passes the batch before on to be written.
+JUDGING_AHEAD = 1
 
 
 @dataclass

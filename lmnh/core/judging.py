@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import gc
 import os
-import pickle
-import queue
 import signal
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +34,6 @@ from lmnh.core.rows import (
 from validation import Rating, Rejection, Request, Rules
 
 JOB_GC_THRESHOLD = 100_000  # more objects than a batch of 5,000 messages keeps alive
-JOBS_READ_AHEAD = 2  # jobs read and waiting while one is judged
 
 
 class Job(NamedTuple):
@@ -129,14 +125,12 @@ def serve() -> None:
     # A batch's rows live until it is sent: with the default threshold (700) they would be
     # scanned for cycles many times over while it is judged; judging makes no cycles.
     gc.set_threshold(JOB_GC_THRESHOLD)
-    # Jobs are read from the pipe as soon as they are sent, while the one before is judged: a
-    # job is larger than the pipe's buffer, so unread it would hold the pipeline's loop in its
-    # send until this process finished the one before (issue 23).
-    received: queue.Queue[bytes | None] = queue.Queue(maxsize=JOBS_READ_AHEAD)
-    threading.Thread(target=_read_jobs, args=(jobs, received), daemon=True).start()
     rules: Rules | None = None  # kept while unchanged, with what it has memoised
-    while (data := received.get()) is not None:
-        job: Job = pickle.loads(data)
+    while True:
+        try:
+            job = jobs.recv()
+        except EOFError:
+            return
         if job.rules == rules:
             job = job._replace(rules=rules)
         else:
@@ -145,15 +139,6 @@ def serve() -> None:
             results.send(judge(job))
         except BrokenPipeError:  # the pipeline is gone
             return
-
-
-def _read_jobs(jobs: Connection, received: queue.Queue[bytes | None]) -> None:
-    """Each job's bytes as it arrives, then None once stdin closes."""
-    try:
-        while True:
-            received.put(jobs.recv_bytes())
-    except (EOFError, OSError):
-        received.put(None)
 
 
 if __name__ == "__main__":
