@@ -9,9 +9,7 @@ tables holds it, so the first stored verdict stands whatever a later judging say
 emergencies get their alert rows (the outbox) in the same transaction. Should a COPY still meet
 a stored key (a database whose progress rows were removed by hand), the batch is written again
 through temporary staging tables and INSERT ... ON CONFLICT DO NOTHING. Either way a message
-never makes a second row, and the same transaction adds exactly the new rows to the rollups:
-the counts the judging process made with the rows when every row is new (the usual case), else
-the rows the INSERT reports it inserted, counted here.
+never makes a second row, and the tables' trigger counts exactly the new rows into the rollups.
 """
 
 from __future__ import annotations
@@ -38,8 +36,6 @@ from lmnh.core.rows import (
     Partition,
     Rejected,
     interaction_rows,
-    press_counts,
-    rejected_counts,
     rejected_rows,
 )
 from s3_metadata import Exhibition
@@ -353,7 +349,7 @@ def migrate(conn: Connection, clock: MuseumClock) -> tuple[int, list[int]]:
         if found > latest_version():
             raise SchemaMismatch(f"the database schema is version {found}, newer than this"
                                  f" release's {latest_version()}")
-        # No writer may insert while the tables and rollups are being changed.
+        # No writer may insert while the trigger and rollups are being replaced.
         cur.execute("LOCK TABLE rating_interaction, request_interaction IN SHARE MODE")
         applied = []
         for version, path in migrations().items():
@@ -477,14 +473,8 @@ def _name_id(cur: psycopg2.extensions.cursor, table: str, name: str) -> int:
 
 
 class Table(NamedTuple):
-    """A table the batch writes, and the rollup its new rows are counted into."""
-
     name: str
     columns: tuple[str, ...]
-    # The schema's function that adds counts (rows.Counts) to this table's rollup (it also
-    # places each count in museum time): schema_views.sql.
-    add_counts_function: str
-    count: Callable[[Iterable[Sequence]], dict[tuple, int]]  # rows -> their rollup counts
 
     def copy(self, cur: psycopg2.extensions.cursor, rows: CopyRows,
              staging: bool = False) -> None:
@@ -507,29 +497,10 @@ class Table(NamedTuple):
                  staging=sql.Identifier(f"staging_{self.name}")))
         return cur.fetchall()
 
-    def add_counts(self, cur: psycopg2.extensions.cursor, counts: dict[tuple, int]) -> None:
-        """Add `counts` to this table's rollup: one call with an array per key part, and one
-        of the counts."""
-        if counts:
-            columns = [*zip(*counts, strict=True), counts.values()]
-            cur.execute(sql.SQL("SELECT public.{}({})").format(
-                sql.Identifier(self.add_counts_function),
-                sql.SQL(", ").join(sql.Placeholder() * len(columns))),
-                [_array_literal(column) for column in columns])
 
-
-def _array_literal(values: Iterable[object]) -> str:
-    """PostgreSQL's text form of an array: parsed by the server in one pass, where psycopg2's
-    ARRAY[...] of a list makes an expression of each element (a thousand-group batch took
-    3 ms a call). Every element is quoted, so any text is safe; a datetime is ISO 8601."""
-    quoted = (str(value.isoformat() if isinstance(value, datetime) else value)
-              .replace("\\", "\\\\").replace('"', '\\"') for value in values)
-    return "{" + ",".join(f'"{text}"' for text in quoted) + "}"
-
-
-RATINGS = Table("rating_interaction", RATING_COLUMNS, "add_rating_counts", press_counts)
-REQUESTS = Table("request_interaction", REQUEST_COLUMNS, "add_request_counts", press_counts)
-REJECTS = Table("rejected_message", Rejected._fields, "add_rejected_counts", rejected_counts)
+RATINGS = Table("rating_interaction", RATING_COLUMNS)
+REQUESTS = Table("request_interaction", REQUEST_COLUMNS)
+REJECTS = Table("rejected_message", Rejected._fields)
 
 
 def write_interactions(conn: Connection, ratings: Sequence[Interaction] | CopyRows,
@@ -575,7 +546,7 @@ def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, CopyRows]],
            ) -> WriteResult:
     """`requests`: the batch's request rows by source, for the new emergencies."""
     marks = _lock_progress(cur, spans)
-    written: dict[str, int] = {}
+    written: dict[Table, int] = {}
     new_requests: list[Interaction] = []
     already_judged = 0
     replayed = any(low < marks[key] for key, (low, _) in spans.items())
@@ -586,10 +557,8 @@ def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, CopyRows]],
             rows = kept
         if not len(rows):
             continue
-        # Rows filtered above come without counts: inserted so that the database names them.
-        returned = (insert if rows.counts is not None else Table.insert_new)(table, cur, rows)
-        written[table.name] = len(rows) if returned is None else len(returned)
-        table.add_counts(cur, rows.counts if returned is None else table.count(returned))
+        returned = insert(table, cur, rows)
+        written[table] = len(rows) if returned is None else len(returned)
         if table is REQUESTS:
             new_requests = ([requests[key] for key in rows.origins()] if returned is None
                             else [Interaction._make(row) for row in returned])
@@ -605,7 +574,7 @@ def _write(cur: psycopg2.extensions.cursor, batch: list[tuple[Table, CopyRows]],
             failure=earlier.failure or alert.failure)
     if outbox:
         _record_alerts(cur, list(outbox.values()))
-    return WriteResult(written.get(RATINGS.name, 0), len(new_requests), new_emergencies,
+    return WriteResult(written.get(RATINGS, 0), len(new_requests), new_emergencies,
                        already_judged)
 
 

@@ -1,7 +1,7 @@
 -- The LMNH kiosk database's tables. Run whole, then schema_views.sql (reset_database.sh and
 -- db.apply_schema do both): it drops and recreates every table the pipeline owns.
 -- What is here holds data, so an existing database changes only through migrations/;
--- schema_views.sql holds what holds no data (functions, views, roles, grants) and is
+-- schema_views.sql holds what holds no data (functions, triggers, views, roles, grants) and is
 -- re-applied whole after every migration.
 
 -- First, before anything is created or run: no role but the schema's owner creates objects in
@@ -10,7 +10,7 @@
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 
 DROP TABLE IF EXISTS rating_interaction, request_interaction, rejected_message, rating_hourly,
-    request_hourly, rejected_daily, exhibition, department, floor, rating, request, museum_settings,
+    request_hourly, exhibition, department, floor, rating, request, museum_settings,
     schema_version, emergency_alert, source_progress, topic_source CASCADE;
 
 CREATE TABLE department (
@@ -52,8 +52,8 @@ INSERT INTO request VALUES (0, 'Assistance'), (1, 'Emergency');
 -- Backfill: source = 's3://bucket/key', source_partition = 0, source_offset = line number.
 -- Rows arrive in time order, so a BRIN index serves time ranges at almost no cost per insert.
 -- exhibition_id has no per-row foreign key (that lookup cost more than the rest of the insert):
--- the batch that stores the rows adds their counts to the hourly rollup (db.py), whose foreign
--- key to exhibition fails the whole batch if any row names an unknown exhibition.
+-- the statement trigger below counts every new row into the hourly rollup, whose foreign key
+-- to exhibition fails the whole statement if any row names an unknown exhibition.
 CREATE TABLE rating_interaction (
     exhibition_id    SMALLINT NOT NULL,
     rating_value     SMALLINT NOT NULL CHECK (rating_value BETWEEN 0 AND 4),
@@ -87,10 +87,10 @@ CREATE TABLE rejected_message (
 
 CREATE INDEX rating_interaction_event_at_idx ON rating_interaction USING brin (event_at);
 CREATE INDEX request_interaction_event_at_idx ON request_interaction USING brin (event_at);
+-- rejected_message's index by museum-local day is in schema_views.sql: it follows the zone.
 
--- Rollups: presses per exhibition, museum-local hour and value, and rejects per museum-local day
--- and reason. The dashboards' views read these, not the millions of rows. The batch that stores
--- rows adds exactly their counts, in the same transaction (db.write_interactions).
+-- Rollups: presses per exhibition, museum-local hour and value. The dashboards' daily and
+-- hourly views read these, not the millions of interaction rows.
 CREATE TABLE rating_hourly (
     exhibition_id SMALLINT NOT NULL REFERENCES exhibition,
     local_date    DATE NOT NULL,
@@ -109,14 +109,7 @@ CREATE TABLE request_hourly (
     PRIMARY KEY (local_date, exhibition_id, local_hour, request_value)
 );
 
-CREATE TABLE rejected_daily (
-    local_date DATE NOT NULL,
-    reason     TEXT NOT NULL,
-    rejected   BIGINT NOT NULL,
-    PRIMARY KEY (local_date, reason)
-);
-
--- The museum's clock: one row, the one place the views, the rollups and the dashboard
+-- The museum's clock: one row, the one place the views, the rollup trigger and the dashboard
 -- take the time zone and opening hours from. reset_database.sh and migrate.py write it from
 -- MUSEUM_TIMEZONE, OPENING_TIME and CLOSING_TIME, then re-apply schema_views.sql (which bakes
 -- the zone into museum_zone() and recounts the rollups if it changed); change it only so.
@@ -136,7 +129,7 @@ CREATE TABLE schema_version (
     version    INTEGER PRIMARY KEY CHECK (version >= 1),
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-INSERT INTO schema_version (version) VALUES (7);
+INSERT INTO schema_version (version) VALUES (6);
 
 -- Emergency alerts, recorded with the press (same transaction) and marked when SNS accepts the
 -- message: sent_at is NULL while the alert is pending. One SNS refuses for good (a parameter it

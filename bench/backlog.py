@@ -54,19 +54,6 @@ class Tally:
         return cls(per_value("rating_interaction", "rating_value"),
                    per_value("request_interaction", "request_value"), rejects)
 
-    @classmethod
-    def of_rollups(cls, stage: Stage) -> Self:
-        """What the stage's rollups count: presses per (exhibition, value), rejects per reason."""
-        def per_value(table: str, column: str, counted: str) -> Counter[tuple[int, int]]:
-            rows = stage.query(f"SELECT exhibition_id, {column}, sum({counted}) FROM {table}"
-                               " GROUP BY 1, 2")
-            return Counter({(site, value): count for site, value, count in rows})
-
-        rejects = stage.query("SELECT reason, sum(rejected) FROM rejected_daily GROUP BY 1")
-        return cls(per_value("rating_hourly", "rating_value", "ratings"),
-                   per_value("request_hourly", "request_value", "requests"),
-                   Counter(dict(rejects)))
-
     @property
     def rows(self) -> int:
         return self.ratings.total() + self.requests.total()
@@ -198,13 +185,9 @@ def run_backlog(stage: Stage, backlog: Backlog) -> BacklogResult:
     )
 
 
-def check_exact(stage: Stage, backlog: Backlog, rollups: bool = True) -> None:
-    """Fail loudly unless the stage's tables and reject log hold exactly what the backlog gives,
-    and (with `rollups`, for what the pipeline wrote) the rollups count exactly those rows."""
-    found = Tally.of_stage(stage)
-    problems = backlog.expected.differences(found)
-    if rollups:
-        problems += [f"rollup {problem}" for problem in found.differences(Tally.of_rollups(stage))]
+def check_exact(stage: Stage, backlog: Backlog) -> None:
+    """Fail loudly unless the stage's tables and reject log hold exactly what the backlog gives."""
+    problems = backlog.expected.differences(Tally.of_stage(stage))
     if problems:
         raise BenchError(f"the tables of {stage.database_url} are not exact:\n  "
                          + "\n  ".join(problems[:20]))

@@ -2,7 +2,7 @@
 
 (a) COPY alone: the backlog's accepted rows, encoded beforehand by rows.py's own encoders (as
     the pipeline would send them), loaded by binary COPY into tables keyed like ours (LIKE ...
-    INCLUDING ALL: the same primary key and indexes, no rollups), one transaction per batch of
+    INCLUDING ALL: the same primary key and indexes, no trigger), one transaction per batch of
     BATCH_SIZE messages. Only the COPY and the COMMIT are timed.
 (b) A bare consume loop: the stage's topic read from the beginning by one consumer with
     settings chosen for a backlog (large fetches and queues; nothing but counting per message).
@@ -10,7 +10,7 @@ Both are in messages a second, like the drain, so the drain's share of the lower
 
 Beside them, what bounds the drain from the database's side: the pipeline's own write alone
 (`write_limit`), every batch judged beforehand by judging.judge, then db.write_interactions
-with everything the pipeline writes (ratings, requests, rejected messages, the rollup counts,
+with everything the pipeline writes (ratings, requests, rejected messages, the rollup trigger,
 the progress marks), one batch after another as the pipeline's writer thread does.
 """
 

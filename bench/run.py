@@ -134,11 +134,11 @@ def run_once(services: Services, backlog: Backlog, mix: str,
     stage = services.stage("baseline")
     head.load(stage)
     baseline_rate = run_baseline(stage, len(head.values), services.exhibitions())
-    check_exact(stage, head, rollups=False)  # the baseline and the peer keep no rollups
+    check_exact(stage, head)
     stage = services.stage("peer")
     backlog.load(stage)
     peer_rate = run_peer(stage, len(backlog.values), services.exhibitions())
-    check_exact(stage, backlog, rollups=False)
+    check_exact(stage, backlog)
     high = run_latency(services.stage("latency-high"), HIGH_RATE, args.latency_seconds, mix)
     low = run_latency(services.stage("latency-low"), LOW_RATE,
                       max(args.latency_seconds, LOW_RATE_MIN_SECONDS if not args.quick else 0),
@@ -219,7 +219,7 @@ limits: (a) binary COPY alone of the backlog's accepted rows, encoded by rows.py
   into tables LIKE ours INCLUDING ALL (same key), BATCH_SIZE messages a transaction; (b) a bare
   consume loop (bench/limits.py's settings), from its first batch. Both in messages/s.
 the write alone: db.write_interactions of the backlog judged beforehand (every table, the rollup
-  counts, the progress marks), batch after batch: the drain's bound on the database's side.
+  trigger, the progress marks), batch after batch: the drain's bound on the database's side.
 baseline: one INSERT and COMMIT a message, from its first message to its last commit.
 the peer's batched design: the whole backlog by one consumer, single thread, each message
   validated, rejects to the log; every 5,000 messages its ratings and requests inserted by

@@ -3,7 +3,6 @@ lives and dies with the pipeline."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -173,8 +172,7 @@ def test_the_judging_process_ends_with_the_pipeline(
 
 def test_rows_kept_from_a_replayed_batch_are_those_rows_encoded_alone() -> None:
     """CopyRows.only splits the encoded rows at their field lengths: the rows it keeps are
-    byte for byte what encoding only them gives (rows of several sources and reasons). What
-    the kept rows add to the rollups is then unknown: the writer counts what it inserted."""
+    byte for byte what encoding only them gives (rows of several sources and reasons)."""
     at = datetime(2026, 7, 15, 9, 30, 1, 5, tzinfo=UTC)
     ratings = [Interaction(n % 6, n % 5, at + timedelta(seconds=n), "lmnh" + "x" * (n % 3),
                            n % 2, 10 + n) for n in range(40)]
@@ -184,24 +182,7 @@ def test_rows_kept_from_a_replayed_batch_are_those_rows_encoded_alone() -> None:
         def kept(origin: tuple[str, int, int]) -> bool:
             return origin[2] % 3 != 1
 
-        assert encode(rows).only(kept) == dataclasses.replace(encode(
-            [row for row in rows if kept((row.source, row.source_partition, row.source_offset))]),
-            counts=None)
+        assert encode(rows).only(kept) == encode(
+            [row for row in rows if kept((row.source, row.source_partition, row.source_offset))])
         assert encode(rows).only(lambda origin: True) == encode(rows)
         assert len(encode(rows).only(lambda origin: False)) == 0
-
-
-def test_encoded_rows_carry_their_rollup_counts() -> None:
-    """Presses are counted by (exhibition, value, UTC quarter hour since 2000-01-01), rejects
-    by (reason, rejected_at): what the database's rollup functions place in museum time."""
-    at = datetime(2026, 3, 29, 0, 50, 59, 999_999, tzinfo=UTC)  # the spring change's night
-    ratings = [Interaction(n % 3, n % 5, at + timedelta(minutes=7 * n, microseconds=n), "lmnh",
-                           0, n) for n in range(300)]
-    quarter = timedelta(minutes=15)
-    epoch = datetime(2000, 1, 1, tzinfo=UTC)
-    assert interaction_rows(ratings).counts == Counter(
-        (row.exhibition_id, row.value, (row.event_at - epoch) // quarter) for row in ratings)
-    rejects = [Rejected(("invalid_val", "unknown_site")[n % 2], at + timedelta(hours=n // 50),
-                        "lmnh", 0, n) for n in range(120)]
-    assert rejected_rows(rejects).counts == Counter((r.reason, r.rejected_at) for r in rejects)
-    assert interaction_rows([]).counts == {} and rejected_rows([]).counts == {}

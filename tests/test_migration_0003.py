@@ -17,8 +17,7 @@ AT = datetime(2026, 7, 15, 11, 0, tzinfo=UTC)
 def test_migration_0003_upgrades_in_place(database: Database) -> None:
     # The previous release's tables: today's, without the two this migration adds and the one
     # a later migration adds.
-    database.execute("DROP TABLE emergency_alert, source_progress, topic_source, rejected_daily"
-                     " CASCADE")
+    database.execute("DROP TABLE emergency_alert, source_progress, topic_source CASCADE")
     conn = psycopg2.connect(database.url)
     db.upsert_exhibitions(conn, [Exhibition(3, "EXH_03", "Whales", "1", "Zoology",
                                             date(2019, 7, 1), "x")])

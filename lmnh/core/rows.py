@@ -6,19 +6,12 @@ connection only passes bytes on.
 
 COPY's binary format: a header, then per row a field count and each field as its length and
 its bytes, then a trailer. The server parses no text, and here a row is one struct.pack.
-
-Each table's rows come with their rollup counts (`Counts`), made in the same pass: presses by
-(exhibition, value, UTC quarter hour), rejects by (reason, rejected_at). db.py adds them to the
-rollup tables in the transaction that stores the rows, so the server groups a few dozen counts
-a batch instead of every row (issue 23: the statement trigger that grouped the rows was a
-tenth of the write's time).
 """
 
 from __future__ import annotations
 
 import struct
 from array import array
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,14 +23,6 @@ COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header ext
 COPY_TRAILER = b"\xff\xff"
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # timestamptz is microseconds since this
 MICROSECOND = timedelta(microseconds=1)
-# Presses are counted per quarter hour of UTC: every zone's offset is a whole number of quarter
-# hours (Asia/Kolkata +5:30, Asia/Kathmandu +5:45), so a quarter lies in one museum-local hour,
-# which the database works out from museum_zone() (db.py).
-QUARTER_US = 15 * 60 * 1_000_000
-
-# A table's rollup counts: presses by (exhibition_id, value, quarter hours since PG_EPOCH);
-# rejects by (reason, rejected_at).
-Counts = dict[tuple, int]
 
 Origin = tuple[str, int, int]  # where a message came from: (source, partition, offset)
 Partition = tuple[str, int]  # (source, source_partition)
@@ -103,9 +88,11 @@ class CopyRows:
     sources: Sequence[str] = ()
     partitions: Sequence[int] = ()
     offsets: Sequence[int] = ()
-    # What these rows add to their table's rollup; None when unknown (some rows filtered out):
-    # the writer then counts the rows the database reports inserted.
-    counts: Counts | None = None
+
+    @classmethod
+    def of(cls, encoded: Sequence[bytes], sources: Sequence[str], partitions: Iterable[int],
+           offsets: Iterable[int]) -> CopyRows:
+        return cls(b"".join(encoded), list(sources), array("i", partitions), array("q", offsets))
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -118,14 +105,13 @@ class CopyRows:
         return b"".join((COPY_HEADER, self.data, COPY_TRAILER))
 
     def only(self, keep: Callable[[Origin], bool]) -> CopyRows:
-        """The rows whose source `keep` accepts, in order; their counts are then unknown."""
+        """The rows whose source `keep` accepts, in order."""
         kept = [index for index, key in enumerate(self.origins()) if keep(key)]
         if len(kept) == len(self):
             return self
         encoded = list(_split(self.data))
-        return CopyRows(b"".join(encoded[i] for i in kept), [self.sources[i] for i in kept],
-                        array("i", [self.partitions[i] for i in kept]),
-                        array("q", [self.offsets[i] for i in kept]))
+        return CopyRows.of([encoded[i] for i in kept], [self.sources[i] for i in kept],
+                           [self.partitions[i] for i in kept], [self.offsets[i] for i in kept])
 
 
 _FIELD_COUNT, _FIELD_LENGTH = struct.Struct(">h"), struct.Struct(">i")
@@ -148,19 +134,14 @@ def _split(data: bytes) -> Iterator[bytes]:
 def press_rows(presses: Sequence[Sequence], sources: Sequence[str], partitions: Sequence[int],
                offsets: Sequence[int]) -> CopyRows:
     """Interaction rows for presses (each starting exhibition_id, value, event_at: a Rating,
-    a Request or an Interaction) and where each came from, with their rollup counts. One struct
-    per source (a batch has one or a few), then one pack a row, in a comprehension: the judging
-    process's hot loop."""
+    a Request or an Interaction) and where each came from. One struct per source (a batch has
+    one or a few), then one pack a row, in a comprehension: the judging process's hot loop."""
     layouts = {source: _interaction_layout(source) for source in set(sources)}
-    micros = [(press[2] - PG_EPOCH) // MICROSECOND for press in presses]
-    encoded = [pack(6, 2, press[0], 2, press[1], 8, at, size, name, 4, partition, 8, offset)
-               for press, at, (pack, size, name), partition, offset in zip(
-                   presses, micros, map(layouts.__getitem__, sources), partitions, offsets,
-                   strict=True)]
-    counts = Counter([(press[0], press[1], at // QUARTER_US)
-                      for press, at in zip(presses, micros, strict=True)])
-    return CopyRows(b"".join(encoded), list(sources), array("i", partitions), array("q", offsets),
-                    dict(counts))
+    encoded = [pack(6, 2, press[0], 2, press[1], 8, (press[2] - PG_EPOCH) // MICROSECOND,
+                    size, name, 4, partition, 8, offset)
+               for press, (pack, size, name), partition, offset in zip(
+                   presses, map(layouts.__getitem__, sources), partitions, offsets, strict=True)]
+    return CopyRows(b"".join(encoded), list(sources), array("i", partitions), array("q", offsets))
 
 
 def interaction_rows(rows: Sequence[Interaction]) -> CopyRows:
@@ -178,28 +159,4 @@ def rejected_rows(rows: Sequence[Rejected]) -> CopyRows:
                    rows, [layouts[row.reason, row.source] for row in rows], strict=True)]
     return CopyRows(b"".join(encoded), [row.source for row in rows],
                     array("i", [row.source_partition for row in rows]),
-                    array("q", [row.source_offset for row in rows]), rejected_counts(rows))
-
-
-def rejected_at_once(reasons: Sequence[str], rejected_at: datetime, sources: Sequence[str],
-                     partitions: Sequence[int], offsets: Sequence[int]) -> CopyRows:
-    """rejected_rows for rejects all judged at `rejected_at` (a batch's), given as columns: the
-    judging process's form, without a Rejected tuple a row."""
-    at = pg_micros(rejected_at)
-    layouts = {key: _rejected_layout(*key) for key in set(zip(reasons, sources, strict=True))}
-    encoded = [pack(5, code_size, code, 8, at, name_size, name, 4, partition, 8, offset)
-               for (pack, code_size, code, name_size, name), partition, offset in zip(
-                   map(layouts.__getitem__, zip(reasons, sources, strict=True)), partitions,
-                   offsets, strict=True)]
-    return CopyRows(b"".join(encoded), list(sources), array("i", partitions), array("q", offsets),
-                    {(reason, rejected_at): n for reason, n in Counter(reasons).items()})
-
-
-def press_counts(rows: Iterable[Sequence]) -> Counts:
-    """Rollup counts of press rows (each starting exhibition_id, value, event_at)."""
-    return dict(Counter((row[0], row[1], pg_micros(row[2]) // QUARTER_US) for row in rows))
-
-
-def rejected_counts(rows: Iterable[Sequence]) -> Counts:
-    """Rollup counts of rejected_message rows (each starting reason, rejected_at)."""
-    return dict(Counter((row[0], row[1]) for row in rows))
+                    array("q", [row.source_offset for row in rows]))

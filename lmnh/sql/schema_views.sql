@@ -1,4 +1,4 @@
--- What holds no data: museum_zone(), the rollups' functions, the views, the roles and their grants. Re-runnable on
+-- What holds no data: the rollup trigger, the views, the roles and their grants. Re-runnable on
 -- a database at any schema version: applied after schema.sql on a new database and again after
 -- every migration (so a view is changed here, never in a migration).
 
@@ -34,34 +34,12 @@ BEGIN
 END
 $$;
 
--- Every rollup counted again from the stored rows, in the zone museum_zone() holds: after a
--- change of zone (below), or rows loaded by other means than the writer (bench/views.py).
--- The schema owner's alone.
-CREATE OR REPLACE FUNCTION public.recount_rollups() RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    TRUNCATE public.rating_hourly, public.request_hourly, public.rejected_daily;
-    INSERT INTO public.rating_hourly (local_date, exhibition_id, local_hour, rating_value, ratings)
-    SELECT (event_at AT TIME ZONE public.museum_zone())::date, exhibition_id,
-           extract(hour FROM event_at AT TIME ZONE public.museum_zone()), rating_value, pg_catalog.count(*)
-    FROM public.rating_interaction GROUP BY 1, 2, 3, 4;
-    INSERT INTO public.request_hourly (local_date, exhibition_id, local_hour, request_value, requests)
-    SELECT (event_at AT TIME ZONE public.museum_zone())::date, exhibition_id,
-           extract(hour FROM event_at AT TIME ZONE public.museum_zone()), request_value, pg_catalog.count(*)
-    FROM public.request_interaction GROUP BY 1, 2, 3, 4;
-    INSERT INTO public.rejected_daily (local_date, reason, rejected)
-    SELECT (rejected_at AT TIME ZONE public.museum_zone())::date, reason, pg_catalog.count(*)
-    FROM public.rejected_message GROUP BY 1, 2;
-END
-$$;
-REVOKE ALL ON FUNCTION public.recount_rollups() FROM PUBLIC;
-
 -- The museum's zone, from museum_settings, baked into museum_zone() as a constant: IMMUTABLE,
--- so the planner folds it into the views and the writer's rollup statements (db.py) exactly as
--- it folded the literal zone before (no table read per row). That is true only while the row
--- is unchanged, so the row changes only through reset_database.sh and migrate.py, which
--- re-apply this file: when the zone differs from the one baked before, the rollups are
--- recounted from the stored rows.
+-- so the planner folds it into the views, the trigger and the index below exactly as it folded
+-- the literal zone before (no table read per row, and the index is usable). That is
+-- true only while the row is unchanged, so the row changes only through reset_database.sh and
+-- migrate.py, which re-apply this file: when the zone differs from the one baked before, the
+-- index by local day is rebuilt and the hourly rollups are recounted from the stored rows.
 DO $$
 DECLARE
     zone TEXT := (SELECT time_zone FROM public.museum_settings);
@@ -86,69 +64,72 @@ BEGIN
         'CREATE OR REPLACE FUNCTION public.museum_zone() RETURNS TEXT LANGUAGE sql'
         ' IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS %L',
         pg_catalog.format('SELECT %L::text', zone));
+    IF baked IS DISTINCT FROM zone THEN
+        DROP INDEX IF EXISTS public.rejected_message_local_date_idx;
+    END IF;
     IF recount OR (baked IS NOT NULL AND baked <> zone) THEN
-        PERFORM public.recount_rollups();
+        TRUNCATE public.rating_hourly, public.request_hourly;
+        INSERT INTO public.rating_hourly (local_date, exhibition_id, local_hour, rating_value, ratings)
+        SELECT (event_at AT TIME ZONE zone)::date, exhibition_id,
+               extract(hour FROM event_at AT TIME ZONE zone), rating_value, pg_catalog.count(*)
+        FROM public.rating_interaction GROUP BY 1, 2, 3, 4;
+        INSERT INTO public.request_hourly (local_date, exhibition_id, local_hour, request_value, requests)
+        SELECT (event_at AT TIME ZONE zone)::date, exhibition_id,
+               extract(hour FROM event_at AT TIME ZONE zone), request_value, pg_catalog.count(*)
+        FROM public.request_interaction GROUP BY 1, 2, 3, 4;
         RAISE NOTICE 'museum time zone changed from % to %: hourly rollups recounted',
             coalesce(baked, 'unknown'), zone;
     END IF;
 END
 $$;
 
--- The writer adds each batch's counts to the rollups through these (db.write_interactions), in
--- the transaction that stores the batch's rows: presses counted per UTC quarter hour (quarters
--- since 2000-01-01 00:00 UTC), each quarter placed here in museum time. Every zone's offset is
--- a whole number of quarter hours (Asia/Kolkata +5:30, Asia/Kathmandu +5:45), so a quarter
--- never straddles two local hours; several quarters (and the autumn change's repeated hour) fall
--- in one local hour, hence the GROUP BY. Rejects come counted per reason and rejected_at. Counts
--- are added in key order, so concurrent writers cannot deadlock; the rollups' foreign key to
--- exhibition fails the batch if a row names an unknown exhibition.
--- The writer holds no privilege on the rollup tables: through these it can add to a count, never
--- lower or remove one. SECURITY DEFINER: so that no other role can make them run its code as
--- their owner, they search only pg_catalog (and pg_temp last, where functions and operators are
--- never looked up) and name every table with its schema.
-DO $$
-DECLARE
-    kind TEXT;
+CREATE INDEX IF NOT EXISTS rejected_message_local_date_idx
+    ON public.rejected_message (((rejected_at AT TIME ZONE public.museum_zone())::date));
+
+-- Counts the rows a statement (COPY or INSERT) really inserted into the rollup named by the
+-- trigger's arguments (rollup table, value column, count column), in the same transaction: a
+-- row that ON CONFLICT skipped is not in new_rows, so a replay adds nothing. One aggregate per
+-- statement: rows are first counted per quarter hour of UTC (no time-zone work per row), then
+-- each quarter is placed in museum time. Every zone's offset is a whole number of quarter hours
+-- (Asia/Kolkata +5:30, Asia/Kathmandu +5:45), so a quarter never straddles two local hours, as
+-- a UTC hour would; several quarters (and the autumn change's repeated hour) map onto one local
+-- hour, hence the second GROUP BY. Groups are written in key order, so concurrent writers cannot
+-- deadlock.
+-- SECURITY DEFINER: the writer role inserts rows; only this function touches the rollups. So that
+-- no other role can make it run their code as its owner, it searches only pg_catalog (and
+-- pg_temp last, where functions and operators are never looked up), names every table and
+-- function by its schema and types every literal: an untyped '1 hour' once let a public.date_bin
+-- (text, ...) planted by another role win over pg_catalog's date_bin(interval, ...).
+CREATE OR REPLACE FUNCTION public.count_into_hourly() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    FOREACH kind IN ARRAY ARRAY['rating', 'request'] LOOP
-        EXECUTE pg_catalog.format($function$
-            CREATE OR REPLACE FUNCTION public.%1$I(exhibition_ids INTEGER[], press_values INTEGER[],
-                                                   quarters BIGINT[], presses BIGINT[])
-            RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-                INSERT INTO public.%2$I AS rollup (local_date, exhibition_id, local_hour, %3$I, %4$I)
-                SELECT (quarter_start AT TIME ZONE public.museum_zone())::date, exhibition_id,
-                       extract(hour FROM quarter_start AT TIME ZONE public.museum_zone()),
-                       press_value, sum(counted)
-                FROM (SELECT TIMESTAMPTZ '2000-01-01 00:00+00' + c.quarter * INTERVAL '15 minutes'
-                             AS quarter_start, c.exhibition_id, c.press_value, c.counted
-                      FROM unnest(exhibition_ids, press_values, quarters, presses)
-                           AS c(exhibition_id, press_value, quarter, counted)
-                      WHERE c.counted > 0) AS per_quarter
-                GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-                ON CONFLICT (local_date, exhibition_id, local_hour, %3$I)
-                DO UPDATE SET %4$I = rollup.%4$I + EXCLUDED.%4$I
-            $body$
-        $function$,
-            'add_' || kind || '_counts', kind || '_hourly', kind || '_value', kind || 's');
-    END LOOP;
+    EXECUTE pg_catalog.format($query$
+        INSERT INTO public.%1$I AS rollup (local_date, exhibition_id, local_hour, %2$I, %3$I)
+        SELECT (quarter_start AT TIME ZONE public.museum_zone())::pg_catalog.date, exhibition_id,
+               extract(hour FROM quarter_start AT TIME ZONE public.museum_zone()),
+               %2$I, pg_catalog.sum(presses)
+        FROM (SELECT pg_catalog.date_bin(INTERVAL '15 minutes', event_at,
+                                         TIMESTAMPTZ '2000-01-01 00:00+00') AS quarter_start,
+                     exhibition_id, %2$I, pg_catalog.count(*) AS presses
+              FROM new_rows GROUP BY 1, 2, 3) AS per_utc_quarter
+        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        ON CONFLICT (local_date, exhibition_id, local_hour, %2$I)
+        DO UPDATE SET %3$I = rollup.%3$I + EXCLUDED.%3$I
+        $query$, TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]);
+    RETURN NULL;
 END
 $$;
-CREATE OR REPLACE FUNCTION public.add_rejected_counts(reasons TEXT[], rejected_ats TIMESTAMPTZ[],
-                                                      rejects BIGINT[])
-RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO public.rejected_daily AS rollup (local_date, reason, rejected)
-    SELECT (c.rejected_at AT TIME ZONE public.museum_zone())::date, c.reason, sum(c.counted)
-    FROM unnest(reasons, rejected_ats, rejects) AS c(reason, rejected_at, counted)
-    WHERE c.counted > 0
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (local_date, reason) DO UPDATE SET rejected = rollup.rejected + EXCLUDED.rejected
-$$;
-REVOKE ALL ON FUNCTION public.add_rating_counts(INTEGER[], INTEGER[], BIGINT[], BIGINT[]),
-    public.add_request_counts(INTEGER[], INTEGER[], BIGINT[], BIGINT[]),
-    public.add_rejected_counts(TEXT[], TIMESTAMPTZ[], BIGINT[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION public.add_rating_counts(INTEGER[], INTEGER[], BIGINT[], BIGINT[]),
-    public.add_request_counts(INTEGER[], INTEGER[], BIGINT[], BIGINT[]),
-    public.add_rejected_counts(TEXT[], TIMESTAMPTZ[], BIGINT[]) TO lmnh_writer;
+-- Only the triggers below call it.
+REVOKE ALL ON FUNCTION public.count_into_hourly() FROM PUBLIC;
+
+DROP TRIGGER IF EXISTS rating_interaction_hourly ON public.rating_interaction;
+DROP TRIGGER IF EXISTS request_interaction_hourly ON public.request_interaction;
+CREATE TRIGGER rating_interaction_hourly AFTER INSERT ON public.rating_interaction
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION public.count_into_hourly('rating_hourly', 'rating_value', 'ratings');
+CREATE TRIGGER request_interaction_hourly AFTER INSERT ON public.request_interaction
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION public.count_into_hourly('request_hourly', 'request_value', 'requests');
 
 -- ---------------------------------------------------------------- views for Tableau and SQL
 -- Stable names and columns: workbooks use these, so the tables underneath may change.
@@ -282,7 +263,10 @@ JOIN department d USING (department_id);
 
 -- Rejected messages per museum-local day and reason: the data-quality picture.
 CREATE VIEW v_rejects_daily AS
-SELECT local_date, reason, rejected FROM rejected_daily;
+SELECT (rejected_at AT TIME ZONE museum_zone())::date AS local_date, reason,
+       count(*)::bigint AS rejected
+FROM rejected_message
+GROUP BY 1, 2;
 
 -- What each role needs, and nothing else: what an earlier version granted is taken back first,
 -- so the grants below are the whole list (add a new grant after them).
