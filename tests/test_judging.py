@@ -19,7 +19,13 @@ from test_validation import PROPERTY_NOW, PROPERTY_RULES, general_path, kiosk_me
 
 from lmnh.core import judging
 from lmnh.core.reject_lines import format_reject_lines
-from lmnh.core.rows import Interaction, Rejected, interaction_rows, rejected_rows
+from lmnh.core.rows import (
+    Interaction,
+    Rejected,
+    interaction_rows,
+    rejected_at_once,
+    rejected_rows,
+)
 from validation import Rating, Rejection, Rules, validate_all
 
 NOW = datetime.now(UTC)
@@ -186,3 +192,15 @@ def test_rows_kept_from_a_replayed_batch_are_those_rows_encoded_alone() -> None:
             [row for row in rows if kept((row.source, row.source_partition, row.source_offset))])
         assert encode(rows).only(lambda origin: True) == encode(rows)
         assert len(encode(rows).only(lambda origin: False)) == 0
+
+
+def test_a_batchs_rejects_encoded_from_columns_are_its_rows_encoded_one_by_one() -> None:
+    """The judging process encodes a batch's rejects (one rejected_at) from its columns:
+    byte for byte the rows rejected_rows makes (several reasons and sources)."""
+    at = datetime(2026, 7, 15, 9, 30, 1, 5, tzinfo=UTC)
+    rows = [Rejected(("invalid_val", "unknown_site", "x")[n % 3], at, "lmnh" * (n % 2 + 1),
+                     n % 4, 100 + n) for n in range(50)]
+    assert rejected_at_once([r.reason for r in rows], at, [r.source for r in rows],
+                            [r.source_partition for r in rows],
+                            [r.source_offset for r in rows]) == rejected_rows(rows)
+    assert rejected_at_once([], at, [], [], []) == rejected_rows([])

@@ -18,6 +18,7 @@ import signal
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import compress
 from multiprocessing.connection import Connection
 from typing import NamedTuple
 
@@ -26,11 +27,9 @@ from lmnh.core.reject_lines import format_reject_lines
 from lmnh.core.rows import (
     CopyRows,
     Interaction,
-    Origin,
     Partition,
-    Rejected,
     press_rows,
-    rejected_rows,
+    rejected_at_once,
 )
 from validation import Rating, Rejection, Request, Rules
 
@@ -70,38 +69,42 @@ class JudgedBatch:
 
 
 def judge(job: Job) -> JudgedBatch:
-    """Validate every message of the job and make each verdict its row or its reject line."""
+    """Validate every message of the job and make each verdict its row or its reject line.
+
+    The verdicts are split by kind with one pass each in C (`compress` over a mask) rather
+    than one Python branch a message: this runs for every message the pipeline reads, and most
+    are ratings.
+    """
     verdicts = validation.validate_all(job.values, job.rules, job.now)
-    ratings: list[Rating] = []
-    rating_origins: list[Origin] = []
-    requests: list[Interaction] = []
-    rejects: list[Rejected] = []
-    reject_lines: list[tuple[str, str, str, bytes | None]] = []
-    for verdict, value, origin in zip(verdicts, job.values, zip(
-            job.sources, job.partitions, job.offsets, strict=True), strict=True):
-        kind = type(verdict)
-        if kind is Rating:
-            ratings.append(verdict)
-            rating_origins.append(origin)
-        elif kind is Request:
-            requests.append(Interaction(*verdict, *origin))
-        else:
-            assert isinstance(verdict, Rejection)
-            reason = verdict.reason.value
-            rejects.append(Rejected(reason, job.now, *origin))
-            source, partition, offset = origin
-            reject_lines.append((reason, f"{source}/{partition}/{offset}", verdict.detail, value))
+    kinds = list(map(type, verdicts))
+    rated = [kind is Rating for kind in kinds]
+    ratings = list(compress(verdicts, rated))
+    requests = [Interaction(*verdict, source, partition, offset)
+                for verdict, source, partition, offset in compress(
+                    zip(verdicts, job.sources, job.partitions, job.offsets, strict=True),
+                    [kind is Request for kind in kinds])]
+    rejected = [kind is Rejection for kind in kinds]
+    rejections: list[Rejection] = list(compress(verdicts, rejected))
+    reasons = [rejection.reason.value for rejection in rejections]
+    sources, partitions, offsets = (list(compress(column, rejected)) for column in (
+        job.sources, job.partitions, job.offsets))
     # A partition's messages come in offset order: its first and its last give its span.
     keys = list(zip(job.sources, job.partitions, strict=True))
     lasts = dict(zip(keys, job.offsets, strict=True))
     firsts = dict(zip(reversed(keys), reversed(job.offsets), strict=True))
-    sources, partitions, offsets = zip(*rating_origins, strict=True) if ratings else ((),) * 3
     return JudgedBatch(
-        ratings=press_rows(ratings, sources, partitions, offsets),
+        ratings=press_rows(ratings, list(compress(job.sources, rated)),
+                           list(compress(job.partitions, rated)),
+                           list(compress(job.offsets, rated))),
         requests=requests,
-        rejects=rejected_rows(rejects),
-        reject_lines=format_reject_lines(job.now, reject_lines, job.max_value_bytes),
-        reasons=dict(Counter(line[0] for line in reject_lines)),
+        rejects=rejected_at_once(reasons, job.now, sources, partitions, offsets),
+        reject_lines=format_reject_lines(job.now, [
+            (reason, f"{source}/{partition}/{offset}", rejection.detail, value)
+            for reason, source, partition, offset, rejection, value in zip(
+                reasons, sources, partitions, offsets, rejections,
+                compress(job.values, rejected), strict=True)],
+            job.max_value_bytes),
+        reasons=dict(Counter(reasons)),
         spans={key: (firsts[key], last + 1) for key, last in lasts.items()},
     )
 

@@ -144,6 +144,19 @@ def press_rows(presses: Sequence[Sequence], sources: Sequence[str], partitions: 
     return CopyRows(b"".join(encoded), list(sources), array("i", partitions), array("q", offsets))
 
 
+def rejected_at_once(reasons: Sequence[str], rejected_at: datetime, sources: Sequence[str],
+                     partitions: Sequence[int], offsets: Sequence[int]) -> CopyRows:
+    """rejected_rows for rejects all judged at `rejected_at` (a batch's), given as columns: the
+    judging process's form, without a Rejected tuple a row."""
+    at = pg_micros(rejected_at)
+    layouts = {key: _rejected_layout(*key) for key in set(zip(reasons, sources, strict=True))}
+    encoded = [pack(5, code_size, code, 8, at, name_size, name, 4, partition, 8, offset)
+               for (pack, code_size, code, name_size, name), partition, offset in zip(
+                   map(layouts.__getitem__, zip(reasons, sources, strict=True)), partitions,
+                   offsets, strict=True)]
+    return CopyRows(b"".join(encoded), list(sources), array("i", partitions), array("q", offsets))
+
+
 def interaction_rows(rows: Sequence[Interaction]) -> CopyRows:
     return press_rows(rows, [row.source for row in rows], [row.source_partition for row in rows],
                       [row.source_offset for row in rows])
