@@ -30,15 +30,35 @@ INSERT_REQUEST = """
     VALUES (%s, %s, %s, %s, %s, %s)"""
 
 
+def museum_rules(exhibitions: dict[int, Exhibition]) -> Rules:
+    """The rules the pipeline judges by, for these exhibitions (the baseline's and the peer's)."""
+    return Rules(sites=frozenset(exhibitions),
+                 starts={number: e.start_date for number, e in exhibitions.items()})
+
+
+def connect_with_exhibitions(stage: Stage, exhibitions: dict[int, Exhibition]
+                             ) -> psycopg2.extensions.connection:
+    """A connection to the stage's database, which now holds the exhibitions."""
+    conn = psycopg2.connect(stage.database_url)
+    db.upsert_exhibitions(conn, exhibitions.values())
+    return conn
+
+
+def reject_line(logged_at: str, rejection: Rejection, source: tuple[str, int, int],
+                value: bytes | None) -> str:
+    """The reject log's line as a usual consumer writes it: the reason is its second field,
+    which is what the exactness check counts."""
+    return (f"{logged_at}\t{rejection.reason}\t{'/'.join(map(str, source))}\t"
+            f"{rejection.detail!r}\t{value!r}\n")
+
+
 def run_baseline(stage: Stage, limit: int, exhibitions: dict[int, Exhibition]) -> float:
     """Consume `limit` messages of the stage's topic as a group of its own; return messages/s."""
-    rules = Rules(sites=frozenset(exhibitions),
-                  starts={number: e.start_date for number, e in exhibitions.items()})
+    rules = museum_rules(exhibitions)
     consumer = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": f"{stage.group}-usual",
                          "auto.offset.reset": "earliest", "enable.auto.commit": True})
     consumer.subscribe([stage.topic])
-    conn = psycopg2.connect(stage.database_url)
-    db.upsert_exhibitions(conn, exhibitions.values())
+    conn = connect_with_exhibitions(stage, exhibitions)
     try:
         with conn.cursor() as cur, stage.reject_log.open("a", encoding="utf-8") as rejects:
             consumed, started = 0, 0.0
@@ -54,9 +74,8 @@ def run_baseline(stage: Stage, limit: int, exhibitions: dict[int, Exhibition]) -
                 verdict = validate(message.value(), rules, datetime.now(UTC))
                 source = (message.topic(), message.partition(), message.offset())
                 if isinstance(verdict, Rejection):
-                    rejects.write(f"{datetime.now(UTC).isoformat()}\t{verdict.reason}\t"
-                                  f"{'/'.join(map(str, source))}\t{verdict.detail!r}\t"
-                                  f"{message.value()!r}\n")
+                    rejects.write(reject_line(datetime.now(UTC).isoformat(), verdict, source,
+                                              message.value()))
                 else:
                     insert = INSERT_RATING if isinstance(verdict, Rating) else INSERT_REQUEST
                     cur.execute(insert, (verdict.site, verdict.value, verdict.at, *source))

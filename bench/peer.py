@@ -18,14 +18,13 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-import psycopg2
 from confluent_kafka import Consumer
 from psycopg2.extras import execute_values
 
-import db
+from bench.baseline import connect_with_exhibitions, museum_rules, reject_line
 from bench.services import BenchError, GroupOffsets, Stage
 from s3_metadata import Exhibition
-from validation import Rating, Rejection, Rules, validate
+from validation import Rating, Rejection, validate
 
 IDLE_TIMEOUT_S = 60
 CONSUME_TIMEOUT_S = 1.0
@@ -54,14 +53,12 @@ def run_peer(stage: Stage, limit: int, exhibitions: dict[int, Exhibition],
     `limit` must be every message of the topic: the group's committed offsets are checked
     against the topic's ends afterwards.
     """
-    rules = Rules(sites=frozenset(exhibitions),
-                  starts={number: e.start_date for number, e in exhibitions.items()})
+    rules = museum_rules(exhibitions)
     group = f"{stage.group}-peer"
     consumer = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([stage.topic])
-    conn = psycopg2.connect(stage.database_url)
-    db.upsert_exhibitions(conn, exhibitions.values())
+    conn = connect_with_exhibitions(stage, exhibitions)
     try:
         with conn.cursor() as cur, stage.reject_log.open("a", encoding="utf-8") as log:
             consumed, gathered, started = 0, 0, 0.0
@@ -87,8 +84,7 @@ def run_peer(stage: Stage, limit: int, exhibitions: dict[int, Exhibition],
                     verdict = validate(value, rules, now)
                     source = (message.topic(), message.partition(), message.offset())
                     if isinstance(verdict, Rejection):
-                        rejects.append(f"{stamp}\t{verdict.reason}\t{'/'.join(map(str, source))}"
-                                       f"\t{verdict.detail!r}\t{value!r}\n")
+                        rejects.append(reject_line(stamp, verdict, source, value))
                     else:
                         (ratings if isinstance(verdict, Rating) else requests).append(
                             (verdict.site, verdict.value, verdict.at, *source))

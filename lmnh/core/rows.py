@@ -148,12 +148,18 @@ def rejected_at_once(reasons: Sequence[str], rejected_at: datetime, sources: Seq
                      partitions: Sequence[int], offsets: Sequence[int]) -> CopyRows:
     """rejected_rows for rejects all judged at `rejected_at` (a batch's), given as columns: the
     judging process's form, without a Rejected tuple a row."""
-    at = pg_micros(rejected_at)
+    return _rejected_columns(reasons, [pg_micros(rejected_at)] * len(reasons), sources,
+                             partitions, offsets)
+
+
+def _rejected_columns(reasons: Sequence[str], micros: Sequence[int], sources: Sequence[str],
+                      partitions: Sequence[int], offsets: Sequence[int]) -> CopyRows:
+    """Rejected-message rows from their columns, rejected_at as pg_micros."""
     layouts = {key: _rejected_layout(*key) for key in set(zip(reasons, sources, strict=True))}
     encoded = [pack(5, code_size, code, 8, at, name_size, name, 4, partition, 8, offset)
-               for (pack, code_size, code, name_size, name), partition, offset in zip(
-                   map(layouts.__getitem__, zip(reasons, sources, strict=True)), partitions,
-                   offsets, strict=True)]
+               for (pack, code_size, code, name_size, name), at, partition, offset in zip(
+                   map(layouts.__getitem__, zip(reasons, sources, strict=True)), micros,
+                   partitions, offsets, strict=True)]
     return CopyRows(b"".join(encoded), list(sources), array("i", partitions), array("q", offsets))
 
 
@@ -163,13 +169,7 @@ def interaction_rows(rows: Sequence[Interaction]) -> CopyRows:
 
 
 def rejected_rows(rows: Sequence[Rejected]) -> CopyRows:
-    layouts = {key: _rejected_layout(*key) for key in {(row.reason, row.source) for row in rows}}
-    micros = {at: pg_micros(at) for at in {row.rejected_at for row in rows}}  # often one time
-    encoded = [pack(5, code_size, code, 8, micros[rejected_at], name_size, name, 4, partition, 8,
-                    offset)
-               for (reason, rejected_at, source, partition, offset), (
-                   pack, code_size, code, name_size, name) in zip(
-                   rows, [layouts[row.reason, row.source] for row in rows], strict=True)]
-    return CopyRows(b"".join(encoded), [row.source for row in rows],
-                    array("i", [row.source_partition for row in rows]),
-                    array("q", [row.source_offset for row in rows]))
+    reasons, times, sources, partitions, offsets = zip(*rows, strict=True) if rows else ((),) * 5
+    micros = {at: pg_micros(at) for at in set(times)}  # often one time
+    return _rejected_columns(reasons, [micros[at] for at in times], sources, partitions,
+                             offsets)
