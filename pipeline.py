@@ -7,7 +7,8 @@ Run `python3 pipeline.py` or `lmnh-pipeline` (configured by the environment and 
       -> JudgingProcess (judging_process.py)   verdicts, rows and reject lines, in a child
       -> AlertSender (alerts.py)               every emergency, at once, never paused
       -> RejectLog (reject_log.py)             the batch's reject lines
-      -> Writer (writer.py)                    one transaction per batch, in order, retried
+      -> Writer (writer.py)                    a transaction per batch (or per batches waiting
+                                               together), in order, retried
       -> OffsetTracker (lmnh/core/offsets.py)  commits only past batches written
     ExhibitionRefresher (refresher.py)         the bucket, read beside the loop
 
@@ -37,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import db
 from lmnh.core import judging, topics
@@ -56,7 +58,8 @@ from s3_metadata import METADATA_ERRORS, Exhibition, load_exhibitions, s3_client
 
 log = logging.getLogger("pipeline")
 SWITCH_INTERVAL_S = 0.0002  # see tune_interpreter
-HEALTHY_WRITE_WAIT_S = 1.0  # how long judging waits for the previous batch's write, at most
+# How long the loop waits, at most, for room in the writer's queue (Writer.wait_room).
+HEALTHY_WRITE_WAIT_S = 1.0
 REVOKE_WAIT_S = 2.0  # how long a rebalance waits for the writes in hand (database answering)
 ALERT_RESCAN_S = 60.0  # how often the outbox is read for alerts pending elsewhere
 RECORD_SENT_S = 1.0  # how often sent alerts are recorded while no batch is written
@@ -70,6 +73,20 @@ EXIT_SCHEMA = 3
 # Batches handed to the judging process beyond the one whose result is awaited, when behind:
 # one keeps it busy while this process passes the batch before on to be written.
 JUDGING_AHEAD = 1
+# How many batches one transaction may write, at most: behind, the batches judged while the
+# writer is busy join into one write (Writer.submit_batch). Two: 1.16 times the drain of one
+# (docs/performance.md), and the judged batches held stay a few megabytes.
+WRITE_JOIN_BATCHES = 2
+
+
+class ToWrite(NamedTuple):
+    """A judged batch given to the writer: its number for the offsets, its alerts' outbox
+    rows, and its rejects per reason as the stats count them."""
+
+    seq: int
+    batch: JudgedBatch
+    outbox: list[db.OutboxAlert]
+    reasons: dict[str, int]
 
 
 @dataclass
@@ -83,16 +100,16 @@ class Stats:
     emergency: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
 
-    def add(self, batch: JudgedBatch, result: db.WriteResult, reasons: dict[str, int]) -> None:
+    def add(self, consumed: int, result: db.WriteResult, reasons: dict[str, int]) -> None:
         emergencies = len(result.new_emergencies)
         assistance = result.requests_inserted - emergencies
-        self.consumed += batch.size
+        self.consumed += consumed
         self.ratings += result.ratings_inserted
         self.emergency += emergencies
         self.assistance += assistance
         self.rejected.update(reasons)
         # The metrics: a handful of calls per batch, none per message.
-        metrics.CONSUMED.inc(batch.size)
+        metrics.CONSUMED.inc(consumed)
         metrics.ACCEPTED.labels("rating").inc(result.ratings_inserted)
         metrics.ACCEPTED.labels("assistance").inc(assistance)
         metrics.ACCEPTED.labels("emergency").inc(emergencies)
@@ -261,7 +278,8 @@ class Daemon:
         self.settings, self.stopping, self.health = settings, stopping, health
         self.stats = Stats()
         self.writer = Writer(lambda: db.connect(settings.database(), clock=settings.clock()),
-                             health)
+                             health, self._write, self._written,
+                             join_messages=settings.BATCH_SIZE * WRITE_JOIN_BATCHES)
         self.tracker = OffsetTracker()
         self.catalogue = Catalogue(settings)
         self.alerting = Alerting(AlertSender(settings.ALERT_SNS_TOPIC_ARN), self.catalogue)
@@ -371,18 +389,23 @@ class Daemon:
                      if not self.alerting.judged_before(origin)]
             reasons = Counter(line.split("\t", 2)[1] for line in lines)
         self.reject_log.write(lines)
-        self.writer.wait_idle(0 if self.writer.down.is_set() else HEALTHY_WRITE_WAIT_S)
+        self.writer.wait_room(batch.size,
+                              0 if self.writer.down.is_set() else HEALTHY_WRITE_WAIT_S)
         seq = next(self.batches)
         self.tracker.handed_over(seq, topics.by_topic(batch.next_offsets))
-        self.writer.submit(Task(lambda conn: self.alerting.write(conn, batch, outbox),
-                                lambda result: self._written(seq, batch, result, reasons),
-                                messages=batch.size, batch=True))
+        self.writer.submit_batch(ToWrite(seq, batch, outbox, reasons), batch.size)
 
-    def _written(self, seq: int, batch: JudgedBatch, result: db.WriteResult,
-                 reasons: dict[str, int]) -> None:
+    def _write(self, conn: db.Connection, parts: tuple[ToWrite, ...]) -> db.WriteResult:
+        """On the writer's thread: judged batches in one transaction."""
+        return self.alerting.write(conn, JudgedBatch.joined([part.batch for part in parts]),
+                                   [alert for part in parts for alert in part.outbox])
+
+    def _written(self, parts: tuple[ToWrite, ...], result: db.WriteResult) -> None:
         self.alerting.stored(result)
-        self.stats.add(batch, result, reasons)
-        self.tracker.written(seq)
+        self.stats.add(sum(part.batch.size for part in parts), result,
+                       sum((Counter(part.reasons) for part in parts), Counter()))
+        for part in parts:
+            self.tracker.written(part.seq)
 
     def _read_again_when_caught_up(self) -> None:
         if self.kafka.rewinds and (

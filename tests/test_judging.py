@@ -204,3 +204,21 @@ def test_a_batchs_rejects_encoded_from_columns_are_its_rows_encoded_one_by_one()
                             [r.source_partition for r in rows],
                             [r.source_offset for r in rows]) == rejected_rows(rows)
     assert rejected_at_once([], at, [], [], []) == rejected_rows([])
+
+
+def test_batches_judged_one_after_another_joined_are_the_two_judged_as_one() -> None:
+    """What one transaction writes for two batches (JudgedBatch.joined) is byte for byte the
+    one batch of all their messages judged together: rows, requests, rejects, reject lines,
+    reasons and each partition's span."""
+    presses = simulated_presses(2000, seed=11)
+    values = [press.value for press in presses] + JUNK
+    rules = Rules(sites=frozenset(range(6)))
+    whole = job_of(values, rules, NOW, topics=("lmnh", "other"))
+    cut = 1234
+    first, second = (judging.Job(*(column[part] for column in whole[:4]), rules, NOW, 512)
+                     for part in (slice(None, cut), slice(cut, None)))
+
+    joined = judging.JudgedBatch.joined([judging.judge(first), judging.judge(second)])
+
+    assert joined == judging.judge(whole)
+    assert judging.JudgedBatch.joined([judging.judge(first)]) == judging.judge(first)

@@ -16,6 +16,7 @@ import gc
 import os
 import signal
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import compress
@@ -62,6 +63,25 @@ class JudgedBatch:
     @property
     def size(self) -> int:
         return len(self.ratings) + len(self.requests) + len(self.rejects)
+
+    @classmethod
+    def joined(cls, batches: Sequence[JudgedBatch]) -> JudgedBatch:
+        """Batches judged one after another, as one: what one transaction writes."""
+        if len(batches) == 1:
+            return batches[0]
+        spans: dict[Partition, tuple[int, int]] = {}
+        for batch in batches:
+            for key, (low, high) in batch.spans.items():
+                known = spans.get(key, (low, high))
+                spans[key] = (min(known[0], low), max(known[1], high))
+        return cls(
+            ratings=CopyRows.joined([batch.ratings for batch in batches]),
+            requests=[row for batch in batches for row in batch.requests],
+            rejects=CopyRows.joined([batch.rejects for batch in batches]),
+            reject_lines=[line for batch in batches for line in batch.reject_lines],
+            reasons=dict(sum((Counter(batch.reasons) for batch in batches), Counter())),
+            spans=spans,
+        )
 
     @property
     def next_offsets(self) -> dict[Partition, int]:

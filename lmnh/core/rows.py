@@ -94,6 +94,14 @@ class CopyRows:
            offsets: Iterable[int]) -> CopyRows:
         return cls(b"".join(encoded), list(sources), array("i", partitions), array("q", offsets))
 
+    @classmethod
+    def joined(cls, parts: Sequence[CopyRows]) -> CopyRows:
+        """The rows of `parts`, one after another."""
+        return cls(b"".join(part.data for part in parts),
+                   [source for part in parts for source in part.sources],
+                   array("i", [p for part in parts for p in part.partitions]),
+                   array("q", [o for part in parts for o in part.offsets]))
+
     def __len__(self) -> int:
         return len(self.offsets)
 

@@ -7,6 +7,10 @@ thread and in the same order, so the loop alone decides what a result means. Any
 in a task that carries a batch, ends all writing: nothing given after it is written, so nothing
 after it can be committed. An error in other work (an exhibition refresh, recording a sent alert) is
 logged and the next task goes on.
+
+Judged batches come through `submit_batch`: those that wait behind the write in hand join into
+one task, up to `join_messages`, so a writer that is behind commits less often, with fewer round
+trips and trigger statements a message; one that keeps up writes each batch as it comes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import psycopg2
@@ -34,11 +39,19 @@ class Task(NamedTuple):
     then: Callable[[Any], None]  # with work's result, on the thread that calls deliver()
     messages: int = 0  # judged messages it writes: what the write buffer counts
     batch: bool = False  # an error writing it ends all writing
+    parts: tuple[Any, ...] = ()  # the judged batches it writes, given to submit_batch
 
 
 class Writer:
-    def __init__(self, connect: Callable[[], db.Connection], health: metrics.Health) -> None:
+    def __init__(self, connect: Callable[[], db.Connection], health: metrics.Health,
+                 write_batches: Callable[[db.Connection, tuple[Any, ...]], Any],
+                 batches_written: Callable[[tuple[Any, ...], Any], None],
+                 join_messages: int) -> None:
+        """`write_batches(conn, parts)` writes judged batches in the transaction open on
+        `conn`; `batches_written(parts, result)` is their task's `then`."""
         self._connect = connect
+        self._write_batches, self._batches_written = write_batches, batches_written
+        self._join_messages = join_messages
         self._health = health
         self.outage = Outage(
             log, "database unavailable ({detail}); retrying until it answers",
@@ -61,6 +74,40 @@ class Writer:
             self._queue.append(task)
             self.backlog += task.messages
             self._changed.notify_all()
+
+    def submit_batch(self, part: Any, messages: int) -> None:
+        """A judged batch of `messages` messages to write: it joins the batches that wait
+        behind the write in hand if they and it come to at most `join_messages`."""
+        with self._changed:
+            waiting = self._waiting_batches()
+            if waiting is not None and waiting.messages + messages <= self._join_messages:
+                self._queue[-1] = self._batches_task((*waiting.parts, part),
+                                                     waiting.messages + messages)
+            else:
+                self._queue.append(self._batches_task((part,), messages))
+            self.backlog += messages
+            self._changed.notify_all()
+
+    def wait_room(self, messages: int, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` until `messages` more would leave at most `join_messages`
+        waiting behind the task in hand; True if so. The loop's back-pressure while the
+        database answers: the batches judged ahead of the writer stay bounded."""
+        def room() -> bool:
+            return (len(self._queue) <= 1
+                    or self.backlog - self._queue[0].messages + messages <= self._join_messages
+                    or self.failure is not None or not self._thread.is_alive())
+        with self._changed:
+            return self._changed.wait_for(room, timeout_s)
+
+    def _waiting_batches(self) -> Task | None:
+        """The last task given if it writes judged batches and has not started (the task in
+        hand stays first in the queue until it is done)."""
+        last = self._queue[-1] if len(self._queue) > 1 else None
+        return last if last is not None and last.parts else None
+
+    def _batches_task(self, parts: tuple[Any, ...], messages: int) -> Task:
+        return Task(partial(self._write_batches, parts=parts),
+                    partial(self._batches_written, parts), messages, batch=True, parts=parts)
 
     @property
     def idle(self) -> bool:
