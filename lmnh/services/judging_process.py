@@ -3,6 +3,8 @@ stdin and its JudgedBatch comes back on its stdout, in the same order."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -18,6 +20,9 @@ from lmnh.core.judging import JudgedBatch
 # The folder that holds the lmnh package: the judging process imports it from there.
 PACKAGE_HOME = Path(judging.__file__).resolve().parents[2]
 CLOSE_S = 5.0  # how long a stop waits for it to finish the job in hand
+# Each pipe's buffer: a whole job or result fits, so neither side waits for the other to read
+# it (the 64 KiB default held a 400 KB job back until the process had read most of it).
+PIPE_BYTES = 1 << 20
 
 
 class JudgingFailed(Exception):
@@ -37,6 +42,9 @@ class JudgingProcess:
         self.process = subprocess.Popen([sys.executable, "-m", "lmnh.core.judging"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         env=os.environ | {"PYTHONPATH": path})
+        for pipe in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: the default
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self.jobs = Connection(os.dup(self.process.stdin.fileno()), readable=False)
         results = Connection(os.dup(self.process.stdout.fileno()), writable=False)
         self.process.stdin.close()
