@@ -52,7 +52,7 @@ from lmnh.services.consumer import KafkaFatal, KafkaStage, Message, describe_top
 from lmnh.services.judging_process import JudgingFailed, JudgingProcess
 from lmnh.services.refresher import ExhibitionRefresher
 from lmnh.services.reject_log import RejectLog
-from lmnh.services.writer import Task, Writer
+from lmnh.services.writer import WRITE_JOIN_BATCHES, Task, Writer
 from lmnh.settings import PipelineSettings, read_settings
 from s3_metadata import METADATA_ERRORS, Exhibition, load_exhibitions, s3_client
 
@@ -73,10 +73,6 @@ EXIT_SCHEMA = 3
 # Batches handed to the judging process beyond the one whose result is awaited, when behind:
 # one keeps it busy while this process passes the batch before on to be written.
 JUDGING_AHEAD = 1
-# How many batches one transaction may write, at most: behind, the batches judged while the
-# writer is busy join into one write (Writer.submit_batch). Two: 1.16 times the drain of one
-# (docs/performance.md), and the judged batches held stay a few megabytes.
-WRITE_JOIN_BATCHES = 2
 
 
 class ToWrite(NamedTuple):

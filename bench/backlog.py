@@ -148,6 +148,7 @@ class BacklogResult:
 def run_backlog(stage: Stage, backlog: Backlog) -> BacklogResult:
     """Load the backlog, time the pipeline through it, and check the tables are exact."""
     backlog.load(stage)
+    stage.checkpoint()
     offsets = stage.offsets()
     ends = offsets.ends()
     pipeline = PipelineProcess.start(stage.pipeline_env, stage.workdir)

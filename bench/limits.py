@@ -3,7 +3,8 @@
 (a) COPY alone: the backlog's accepted rows, encoded beforehand by rows.py's own encoders (as
     the pipeline would send them), loaded by binary COPY into tables keyed like ours (LIKE ...
     INCLUDING ALL: the same primary key and indexes, no trigger), one transaction per batch of
-    BATCH_SIZE messages. Only the COPY and the COMMIT are timed.
+    as many messages as the pipeline's largest transaction holds (BATCH_SIZE times
+    WRITE_JOIN_BATCHES: bench/run.py). Only the COPY and the COMMIT are timed.
 (b) A bare consume loop: the stage's topic read from the beginning by one consumer with
     settings chosen for a backlog (large fetches and queues; nothing but counting per message).
 Both are in messages a second, like the drain, so the drain's share of the lower is its ratio.

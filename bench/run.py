@@ -13,12 +13,15 @@ TEST_BOOTSTRAP_SERVERS) and moto S3:
    is committed; the tables and reject log must then be exact (a fifth of the backlog goes
    first through its own pipeline, to see whether memory grows with it);
 2. the limits on the same backlog (bench/limits.py): binary COPY alone of its accepted rows,
-   encoded beforehand, BATCH_SIZE messages a transaction; a bare consume loop; and beside them
-   the pipeline's write alone (the backlog judged beforehand, then db.write_interactions);
+   encoded beforehand, as many messages a transaction as the pipeline's largest (BATCH_SIZE
+   times WRITE_JOIN_BATCHES); a bare consume loop; and beside them the pipeline's write alone
+   (the backlog judged beforehand, then db.write_interactions, as many a transaction);
 3. baseline: the usual consumer (bench/baseline.py) on the first --baseline-messages;
 4. the peer: the best peer's batched design (bench/peer.py) on the whole backlog, its rows
    inserted by execute_values, one transaction every 5,000 messages;
 5. latency: presses at 5,000 and at 20 messages/s, produce to row commit.
+Before each timed phase but latency the server is CHECKPOINTed, so that none is timed while
+the pages an earlier phase dirtied are written out.
 It prints one table of medians (with min and max) per database and mix, each target met or
 MISSED, and exits 1 if any phase's tables are not exact. Pipeline settings (BATCH_SIZE,
 BATCH_LINGER_MS, STATS_INTERVAL_S) pass through from the environment.
@@ -44,6 +47,7 @@ from bench.latency import LatencyResult, run_latency
 from bench.limits import consume_limit, copy_limit, write_limit
 from bench.peer import run_peer
 from bench.services import DATABASES, TUNABLES, BenchError, Services, running_services
+from lmnh.services.writer import WRITE_JOIN_BATCHES
 from lmnh.settings import PipelineSettings as Settings
 
 MIXES = ("sim", "real")
@@ -124,19 +128,24 @@ def run_once(services: Services, backlog: Backlog, mix: str,
     backlog_result = run_backlog(stage, backlog)
     if not backlog_result.drain_messages:
         raise BenchError("the whole backlog went in the first batch: use more --messages")
-    batch_size = int(stage.pipeline_env.get("BATCH_SIZE", Settings.model_fields["BATCH_SIZE"]
-                                            .default))
-    copy_rate = copy_limit(stage, backlog, batch_size)
+    # The most messages one of the pipeline's transactions writes: the limits write as many.
+    transaction = WRITE_JOIN_BATCHES * int(stage.pipeline_env.get(
+        "BATCH_SIZE", Settings.model_fields["BATCH_SIZE"].default))
+    stage.checkpoint()
+    copy_rate = copy_limit(stage, backlog, transaction)
     consume_rate = consume_limit(stage, len(backlog.values))
-    write_rate = write_limit(services.stage("write-alone"), backlog, batch_size,
-                             services.exhibitions().values())
+    write_stage = services.stage("write-alone")
+    write_stage.checkpoint()
+    write_rate = write_limit(write_stage, backlog, transaction, services.exhibitions().values())
     head = backlog.head(args.baseline_messages)
     stage = services.stage("baseline")
     head.load(stage)
+    stage.checkpoint()
     baseline_rate = run_baseline(stage, len(head.values), services.exhibitions())
     check_exact(stage, head)
     stage = services.stage("peer")
     backlog.load(stage)
+    stage.checkpoint()
     peer_rate = run_peer(stage, len(backlog.values), services.exhibitions())
     check_exact(stage, backlog)
     high = run_latency(services.stage("latency-high"), HIGH_RATE, args.latency_seconds, mix)
@@ -213,13 +222,16 @@ def section(database: str, mix: str, services: Services, backlog: Backlog,
     ])
 
 
-NOTES = """Targets are judged on the median. drain: from the first offset commit seen (partitions
+NOTES = f"""Targets are judged on the median. drain: from the first offset commit seen (partitions
   assigned, first batch written) to the last, over the messages committed in between.
 limits: (a) binary COPY alone of the backlog's accepted rows, encoded by rows.py before timing,
-  into tables LIKE ours INCLUDING ALL (same key), BATCH_SIZE messages a transaction; (b) a bare
-  consume loop (bench/limits.py's settings), from its first batch. Both in messages/s.
+  into tables LIKE ours INCLUDING ALL (same key), {WRITE_JOIN_BATCHES} x BATCH_SIZE messages
+  a transaction (the most the pipeline's writer joins into one); (b) a bare consume loop
+  (bench/limits.py's settings), from its first batch. Both in messages/s.
 the write alone: db.write_interactions of the backlog judged beforehand (every table, the rollup
-  trigger, the progress marks), batch after batch: the drain's bound on the database's side.
+  trigger, the progress marks), {WRITE_JOIN_BATCHES} x BATCH_SIZE messages a transaction:
+  the drain's bound on the database's side.
+Each phase but latency starts after a CHECKPOINT of the server.
 baseline: one INSERT and COMMIT a message, from its first message to its last commit.
 the peer's batched design: the whole backlog by one consumer, single thread, each message
   validated, rejects to the log; every 5,000 messages its ratings and requests inserted by

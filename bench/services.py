@@ -88,6 +88,17 @@ class Stage:
     def offsets(self) -> GroupOffsets:
         return GroupOffsets(self.bootstrap, self.topic, self.group, self.partitions)
 
+    def checkpoint(self) -> None:
+        """Flush what earlier phases left in the server's buffers (CHECKPOINT), so that no
+        phase is timed while another's dirty pages are written out."""
+        conn = psycopg2.connect(self.database_url)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("CHECKPOINT")
+        finally:
+            conn.close()
+
     def query(self, statement: str) -> list[tuple]:
         conn = psycopg2.connect(self.database_url)
         try:

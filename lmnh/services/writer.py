@@ -32,6 +32,10 @@ from lmnh.services import metrics
 
 log = logging.getLogger("pipeline")
 BACKOFF_S = (0.5, 30.0)  # first and longest wait between attempts while the database is away
+# How many of the loop's batches one transaction writes at most, when they wait behind the write
+# in hand (submit_batch): two measured 1.13-1.16 times the drain of one (docs/performance.md),
+# and the judged batches held stay a few megabytes.
+WRITE_JOIN_BATCHES = 2
 
 
 class Task(NamedTuple):
