@@ -155,9 +155,11 @@ class KafkaEnvironment(_Environment):
                else {"group.instance.id": self.GROUP_INSTANCE_ID}),
             # How long the broker may hold an empty fetch: bounds the latency of a quiet topic.
             "fetch.wait.max.ms": self.KAFKA_FETCH_WAIT_MAX_MS,
-            # Prefetch a few batches per partition, not the whole backlog (the default is
-            # 100,000 each): memory stays flat with the backlog's size, at no cost in speed.
-            "queued.min.messages": 20_000,
+            # Prefetch two batches per partition, not the whole backlog (the default is
+            # 100,000 each), so memory stays flat with the backlog's size: with 20,000 the RSS
+            # grew 7.6 MB from a fifth of the benchmark's backlog to all of it, with 10,000
+            # 3.9 MB, draining as fast (docs/performance.md).
+            "queued.min.messages": 10_000,
             # When that prefetch is full, fetch again after 20 ms, not librdkafka's default
             # 1 s: with the default, a consumer busy writing idles a second at a time, which
             # capped a backlog's catch-up at 27,000 messages/s.
