@@ -222,3 +222,25 @@ def test_batches_judged_one_after_another_joined_are_the_two_judged_as_one() -> 
 
     assert joined == judging.judge(whole)
     assert judging.JudgedBatch.joined([judging.judge(first)]) == judging.judge(first)
+
+
+def test_the_judging_process_pipes_hold_a_whole_job_and_its_result() -> None:
+    """A job (about 400 KB for 5,000 messages) fits in the pipe to the judging process, so the
+    loop hands it over without waiting for the process to read it (the results' pipe is
+    enlarged the same way)."""
+    import fcntl
+
+    from lmnh.services.judging_process import PIPE_BYTES, JudgingProcess
+
+    process = JudgingProcess()
+    try:
+        allowed = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        assert fcntl.fcntl(process.jobs.fileno(), fcntl.F_GETPIPE_SZ) >= min(PIPE_BYTES, allowed)
+        process.submit(job_of([b"{}"], Rules(sites=frozenset({1})), NOW))
+        # Read by a process whose __main__ is not pipeline.py: the result names its classes
+        # by their module (a child run as __main__ once named them __main__.JudgedBatch, and
+        # this reader waited forever for a result it could not load).
+        wait_until(lambda: process.pending[0].done(), 10, "the judged batch")
+        assert [batch.reasons for batch in process.take(keep=0)] == [{"missing_key": 1}]
+    finally:
+        process.close()

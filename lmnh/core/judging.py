@@ -162,4 +162,10 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    # Run as `python -m`, this file is `__main__`: its results would be pickled as
+    # __main__.JudgedBatch, which only a reader whose own __main__ happens to import that name
+    # can load. The module imported under its own name pickles them as
+    # lmnh.core.judging.JudgedBatch.
+    from lmnh.core.judging import serve as serve_as_module
+
+    serve_as_module()

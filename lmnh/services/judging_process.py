@@ -75,14 +75,20 @@ class JudgingProcess:
         return taken
 
     def _read(self, results: Connection) -> None:
+        unreadable = None
         while True:
             try:
                 judged = results.recv()
             except (EOFError, OSError):
                 break
+            except Exception as error:  # the loop must hear of it, not wait for it
+                unreadable = f"a result of the judging process could not be read ({error})"
+                self.process.kill()
+                break
             self._unanswered.popleft().set_result(judged)
         results.close()
-        self.failure = JudgingFailed(f"the judging process exited ({self.process.wait()})")
+        self.failure = JudgingFailed(
+            unreadable or f"the judging process exited ({self.process.wait()})")
         while self._unanswered:
             self._unanswered.popleft().set_exception(self.failure)
 
