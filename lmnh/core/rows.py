@@ -15,6 +15,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import NamedTuple
 
 from validation import Rating, Request
@@ -97,10 +98,10 @@ class CopyRows:
     @classmethod
     def joined(cls, parts: Sequence[CopyRows]) -> CopyRows:
         """The rows of `parts`, one after another."""
-        return cls(b"".join(part.data for part in parts),
-                   [source for part in parts for source in part.sources],
-                   array("i", [p for part in parts for p in part.partitions]),
-                   array("q", [o for part in parts for o in part.offsets]))
+        return cls.of([part.data for part in parts],
+                      list(chain.from_iterable(part.sources for part in parts)),
+                      chain.from_iterable(part.partitions for part in parts),
+                      chain.from_iterable(part.offsets for part in parts))
 
     def __len__(self) -> int:
         return len(self.offsets)
