@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from conftest import Broker, Database, wait_until
 from test_pipeline import all_committed, assert_tables_hold, recorded_rows
 
 from lmnh.local import kiosk_simulator
-from lmnh.local.embedded import MockKafka
 
 RATE = 500
 WARM_UP_S = 60
@@ -29,23 +27,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    """A mock cluster of the soak's own (or TEST_BOOTSTRAP_SERVERS's broker).
-
-    The session's mock cluster has served every test before this one: late in a full run it
-    answered the soak's pipeline at about 220 messages/s where a fresh one keeps up with 500,
-    so the soak fell behind and took 530 s instead of about 310.
-    """
-    bootstrap = os.environ.get("TEST_BOOTSTRAP_SERVERS")
-    if bootstrap:
-        yield Broker(bootstrap)
-        return
-    mock = MockKafka()
-    yield Broker(mock.bootstrap, mock)
-    mock.close()
 
 
 @pytest.mark.slow

@@ -252,8 +252,6 @@ def _librdkafka() -> ctypes.CDLL:
         "rd_kafka_mock_broker_set_down": (ctypes.c_int, [handle, ctypes.c_int32]),
         "rd_kafka_mock_broker_set_up": (ctypes.c_int, [handle, ctypes.c_int32]),
         "rd_kafka_err2str": (text, [ctypes.c_int]),
-        "rd_kafka_mock_cluster_destroy": (None, [handle]),
-        "rd_kafka_destroy": (None, [handle]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
@@ -262,7 +260,7 @@ def _librdkafka() -> ctypes.CDLL:
 
 
 class MockKafka:
-    """librdkafka's mock cluster: a real Kafka-protocol broker on 127.0.0.1 until `close`.
+    """librdkafka's mock cluster: a real Kafka-protocol broker on 127.0.0.1 for this process's life.
 
     It keeps at most 5 MB and 100,000 message sets per partition and auto-creates topics with
     4 partitions. confluent-kafka starts it (`test.mock.num.brokers`) but wraps none of its API, so
@@ -289,11 +287,6 @@ class MockKafka:
     def _check(self, code: int, what: str) -> None:
         if code:
             raise RuntimeError(f"{what}: {self._lib.rd_kafka_err2str(code).decode()}")
-
-    def close(self) -> None:
-        """Stop the cluster and its client handle: its address then refuses connections."""
-        self._lib.rd_kafka_mock_cluster_destroy(self._cluster)
-        self._lib.rd_kafka_destroy(self._handle)
 
     def create_topic(self, topic: str, partitions: int) -> None:
         code = self._lib.rd_kafka_mock_topic_create(self._cluster, topic.encode(), partitions, 1)
