@@ -186,8 +186,8 @@ class Broker:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         admin.create_topics([NewTopic(topic, partitions)])[topic].result(timeout=30)
 
-    def producer(self) -> Producer:
-        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+    def producer(self, linger_ms: int = 5) -> Producer:
+        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": linger_ms})
 
     def partitions(self, topic: str) -> int:
         """Partition count, creating the topic (auto-create) on first use."""

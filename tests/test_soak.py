@@ -19,6 +19,12 @@ from lmnh.local import kiosk_simulator
 
 RATE = 500
 WARM_UP_S = 60
+# How long the kiosks' producer gathers messages into one message set. The mock cluster finds
+# the set a fetch starts in by walking the partition's sets from the first (librdkafka's
+# rd_kafka_mock_msgset_find), so with the tests' usual 5 ms, one or two messages a set, each
+# fetch grew slower as the partitions filled: after two minutes the pipeline was served about
+# 175 messages/s of the 500 sent, and the 300 s soak took 515-530 s.
+SOAK_LINGER_MS = 100
 
 
 def rss_kib(pid: int) -> int:
@@ -44,7 +50,7 @@ def test_soak_memory_is_flat_and_tables_exact(broker: Broker, database: Database
     broker.partitions(env["TOPIC"])
     run = run_pipeline(env)
     assert run.process is not None
-    producer = broker.producer()
+    producer = broker.producer(linger_ms=SOAK_LINGER_MS)
     record = tmp_path / "sent.jsonl"
     delivery: list[kiosk_simulator.Delivery] = []
 
